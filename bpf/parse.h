@@ -1,0 +1,243 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* The one parsing path of xdpguard, shared by the XDP ingress and the TC egress
+ * programs: Ethernet, up to MAX_VLAN_DEPTH VLAN tags, IPv4 with options or IPv6
+ * with its extension header chain, and UDP.
+ *
+ * Every read is preceded by a bounds check against data_end that the verifier
+ * can see. The parser never reads a transport header out of a non-first
+ * fragment: only offset 0 carries one. */
+#ifndef XDPGUARD_PARSE_H
+#define XDPGUARD_PARSE_H
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#define ETH_HLEN 14
+#define VLAN_HLEN 4
+#define IPV4_MIN_HLEN 20
+#define IPV6_HLEN 40
+#define UDP_HLEN 8
+#define IPV6_FRAG_HLEN 8
+#define IPV6_EXT_MIN_HLEN 2 /* next header and length: all the walk reads */
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
+
+#define IPPROTO_HOPOPTS 0
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define IPPROTO_ROUTING 43
+#define IPPROTO_FRAGMENT 44
+#define IPPROTO_AH 51
+#define IPPROTO_NONE 59
+#define IPPROTO_DSTOPTS 60
+
+#define IPV4_VERSION 4
+#define IPV6_VERSION 6
+#define IPV4_FRAG_OFFSET_MASK 0x1FFF
+#define IPV4_FRAG_MORE 0x2000
+#define IPV6_FRAG_OFFSET_SHIFT 3
+#define IPV6_FRAG_MORE 0x0001
+
+/* How many VLAN tags (802.1Q or 802.1ad, any VID, 0 included) the parser
+ * walks. Linux strips nested priority tags and delivers what is inside, so a
+ * frame with more tags than this is not passed blind: it is malformed. */
+#define MAX_VLAN_DEPTH 2
+
+/* How many IPv6 extension headers the parser walks before giving up. Real
+ * traffic carries zero to three; a chain that is still going after this many
+ * could hide UDP behind it, so it is dropped as malformed, never passed. */
+#define MAX_IPV6_EXT_HDRS 8
+
+/* Extension header lengths: the generic ones count 8-octet units beyond the
+ * first 8 octets; AH counts 4-octet units beyond the first 8 (RFC 4302). */
+#define IPV6_EXT_UNIT_SHIFT 3
+#define IPV6_AH_UNIT_SHIFT 2
+#define IPV6_AH_EXTRA_UNITS 2
+
+enum parse_result {
+	PARSE_NOT_IP,    /* not IPv4/IPv6 (ARP, LLDP, ...) or a runt: never UDP */
+	PARSE_NOT_UDP,   /* IP, and certainly not UDP (TCP, ICMP, ESP, ...) */
+	PARSE_UDP,       /* UDP with readable ports (whole or first fragment) */
+	PARSE_FRAGMENT,  /* a non-first fragment that could belong to UDP */
+	PARSE_MALFORMED, /* IP whose headers cannot be read far enough */
+};
+
+struct packet {
+	/* Addresses as 16 bytes: IPv4 in the first 4, the rest zero. */
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u32 frag_id;   /* IPv4: the 16-bit IP ID; IPv6: the 32-bit identification */
+	__u16 sport;     /* host order; valid for PARSE_UDP */
+	__u16 dport;
+	__u8 family;     /* 4 or 6 once the IP header was read, else 0 */
+	__u8 frag_proto; /* IPv4 protocol / IPv6 fragment header's next header */
+	__u8 first_fragment; /* offset 0 with more fragments to come */
+	__u8 pad;
+};
+
+/* True when the payload behind this next-header value could be, or could lead
+ * to, a UDP header: UDP itself or an extension header that may precede it. */
+static __always_inline int could_lead_to_udp(__u8 proto)
+{
+	switch (proto) {
+	case IPPROTO_UDP:
+	case IPPROTO_HOPOPTS:
+	case IPPROTO_ROUTING:
+	case IPPROTO_FRAGMENT:
+	case IPPROTO_AH:
+	case IPPROTO_DSTOPTS:
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline int is_ipv6_ext(__u8 proto)
+{
+	return proto != IPPROTO_UDP && could_lead_to_udp(proto);
+}
+
+static __always_inline enum parse_result parse_udp(void *cursor, void *data_end,
+						   struct packet *pkt)
+{
+	__u16 *ports = cursor;
+
+	/* A UDP datagram or first fragment too short for its ports is either
+	 * a tiny-fragment trick or garbage: it must not pass unexamined. */
+	if (cursor + UDP_HLEN > data_end)
+		return PARSE_MALFORMED;
+	pkt->sport = bpf_ntohs(ports[0]);
+	pkt->dport = bpf_ntohs(ports[1]);
+	return PARSE_UDP;
+}
+
+static __always_inline enum parse_result parse_ipv4(void *cursor, void *data_end,
+						    struct packet *pkt)
+{
+	__u8 *ip = cursor;
+	__u32 hlen;
+	__u16 frag;
+
+	if (cursor + IPV4_MIN_HLEN > data_end)
+		return PARSE_MALFORMED;
+	if ((ip[0] >> 4) != IPV4_VERSION)
+		return PARSE_MALFORMED;
+	hlen = (ip[0] & 0x0F) * 4;
+	if (hlen < IPV4_MIN_HLEN)
+		return PARSE_MALFORMED;
+	if (cursor + hlen > data_end)
+		return PARSE_MALFORMED;
+
+	pkt->family = 4;
+	pkt->saddr[0] = *(__u32 *)(ip + 12);
+	pkt->daddr[0] = *(__u32 *)(ip + 16);
+	pkt->frag_id = bpf_ntohs(*(__u16 *)(ip + 4));
+	pkt->frag_proto = ip[9];
+	if (ip[9] != IPPROTO_UDP)
+		return PARSE_NOT_UDP;
+
+	frag = bpf_ntohs(*(__u16 *)(ip + 6));
+	if (frag & IPV4_FRAG_OFFSET_MASK)
+		return PARSE_FRAGMENT;
+	pkt->first_fragment = (frag & IPV4_FRAG_MORE) != 0;
+	return parse_udp(cursor + hlen, data_end, pkt);
+}
+
+static __always_inline enum parse_result parse_ipv6(void *cursor, void *data_end,
+						    struct packet *pkt)
+{
+	__u8 *ip = cursor;
+	__u8 nexthdr;
+	int i;
+
+	if (cursor + IPV6_HLEN > data_end)
+		return PARSE_MALFORMED;
+	if ((ip[0] >> 4) != IPV6_VERSION)
+		return PARSE_MALFORMED;
+
+	pkt->family = 6;
+	__builtin_memcpy(pkt->saddr, ip + 8, 16);
+	__builtin_memcpy(pkt->daddr, ip + 24, 16);
+	nexthdr = ip[6];
+	cursor += IPV6_HLEN;
+
+#pragma unroll
+	for (i = 0; i < MAX_IPV6_EXT_HDRS; i++) {
+		__u8 *ext = cursor;
+
+		if (!is_ipv6_ext(nexthdr))
+			break;
+
+		if (nexthdr == IPPROTO_FRAGMENT) {
+			__u16 frag;
+
+			if (cursor + IPV6_FRAG_HLEN > data_end)
+				return PARSE_MALFORMED;
+			frag = bpf_ntohs(*(__u16 *)(ext + 2));
+			pkt->frag_id = bpf_ntohl(*(__u32 *)(ext + 4));
+			pkt->frag_proto = ext[0];
+			if (frag >> IPV6_FRAG_OFFSET_SHIFT) {
+				/* Past offset 0 the rest is payload. */
+				if (!could_lead_to_udp(ext[0]))
+					return PARSE_NOT_UDP;
+				return PARSE_FRAGMENT;
+			}
+			pkt->first_fragment = (frag & IPV6_FRAG_MORE) != 0;
+			nexthdr = ext[0];
+			cursor += IPV6_FRAG_HLEN;
+			continue;
+		}
+
+		if (cursor + IPV6_EXT_MIN_HLEN > data_end)
+			return PARSE_MALFORMED;
+		if (nexthdr == IPPROTO_AH)
+			cursor += ((__u32)ext[1] + IPV6_AH_EXTRA_UNITS) << IPV6_AH_UNIT_SHIFT;
+		else
+			cursor += ((__u32)ext[1] + 1) << IPV6_EXT_UNIT_SHIFT;
+		nexthdr = ext[0];
+	}
+
+	if (is_ipv6_ext(nexthdr))
+		return PARSE_MALFORMED; /* chain longer than MAX_IPV6_EXT_HDRS */
+	if (nexthdr != IPPROTO_UDP)
+		return PARSE_NOT_UDP;
+	return parse_udp(cursor, data_end, pkt);
+}
+
+/* parse_packet reads the frame in [data, data_end) into pkt. */
+static __always_inline enum parse_result parse_packet(void *data, void *data_end,
+						      struct packet *pkt)
+{
+	void *cursor = data;
+	__u16 proto;
+	int i;
+
+	if (cursor + ETH_HLEN > data_end)
+		return PARSE_NOT_IP; /* a runt: the stack drops it */
+	proto = bpf_ntohs(*(__u16 *)(cursor + 12));
+	cursor += ETH_HLEN;
+
+#pragma unroll
+	for (i = 0; i < MAX_VLAN_DEPTH; i++) {
+		if (proto != ETH_P_8021Q && proto != ETH_P_8021AD)
+			break;
+		if (cursor + VLAN_HLEN > data_end)
+			return PARSE_MALFORMED;
+		proto = bpf_ntohs(*(__u16 *)(cursor + 2));
+		cursor += VLAN_HLEN;
+	}
+	if (proto == ETH_P_8021Q || proto == ETH_P_8021AD)
+		return PARSE_MALFORMED; /* deeper than MAX_VLAN_DEPTH */
+
+	if (proto == ETH_P_IP)
+		return parse_ipv4(cursor, data_end, pkt);
+	if (proto == ETH_P_IPV6)
+		return parse_ipv6(cursor, data_end, pkt);
+	return PARSE_NOT_IP;
+}
+
+#endif
