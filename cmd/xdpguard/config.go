@@ -1,0 +1,345 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"slices"
+
+	"github.com/spf13/pflag"
+
+	"github.com/xdpguard/xdpguard/loader"
+)
+
+func init() {
+	commands = append(commands, allowCmd, portsCmd, modeCmd, fragmentsCmd)
+}
+
+var allowCmd = &command{
+	name:    "allow",
+	args:    "add|del CIDR... | list [--json] | load FILE | flush",
+	summary: "trusted peers that may use protected ports",
+	help: `Manages the allow list: peers whose UDP to or from a protected port passes
+(ingress: by source address; egress: by destination address). IPv4 and IPv6
+prefixes live in two LPM tries shared by every attached interface; changes
+are live. A bare address means one host (/32 or /128).
+
+  add CIDR...   add prefixes
+  del CIDR...   remove prefixes (each must be on the list)
+  list          print the list
+  load FILE     add every prefix in FILE, one per line, '#' starts a comment
+                ('-' reads standard input); the whole file is checked first
+  flush         empty the list
+
+Every prefix is checked before anything changes: one bad entry changes
+nothing. A prefix with host bits set (10.1.2.3/8) is refused.`,
+	example: `  sudo xdpguard allow add 192.0.2.0/24 2001:db8::/48
+  sudo xdpguard allow load /etc/xdpguard/allow.txt
+  sudo xdpguard allow list --json`,
+	flags: func(fs *pflag.FlagSet) { fs.Bool("json", false, "list: print JSON") },
+	run: func(c *cli, fs *pflag.FlagSet, args []string) error {
+		if len(args) == 0 {
+			return usagef("give an action: add, del, list, load or flush")
+		}
+		action, rest := args[0], args[1:]
+		switch action {
+		case "add", "del":
+			if len(rest) == 0 {
+				return usagef("allow %s needs at least one CIDR, e.g. 192.0.2.0/24", action)
+			}
+			ps, err := parsePrefixes(rest)
+			if err != nil {
+				return usageError{err.Error()}
+			}
+			return withConfig(c, action == "add", func(g *loader.Guard) error {
+				if action == "add" {
+					if err := g.Maps.AllowAdd(ps); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.stdout, "allowed %d prefix(es)\n", len(ps))
+					return nil
+				}
+				if err := g.Maps.AllowDel(ps); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.stdout, "removed %d prefix(es)\n", len(ps))
+				return nil
+			})
+		case "load":
+			if len(rest) != 1 {
+				return usagef("allow load takes one FILE ('-' for standard input)")
+			}
+			ps, err := readPrefixFile(rest[0])
+			if err != nil {
+				return err
+			}
+			return withConfig(c, true, func(g *loader.Guard) error {
+				if err := g.Maps.AllowAdd(ps); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.stdout, "allowed %d prefix(es) from %s\n", len(ps), rest[0])
+				return nil
+			})
+		case "list":
+			if len(rest) > 0 {
+				return usagef("allow list takes no arguments")
+			}
+			asJSON, _ := fs.GetBool("json")
+			var ps []netip.Prefix
+			err := withConfig(c, false, func(g *loader.Guard) (err error) {
+				ps, err = g.Maps.AllowList()
+				return err
+			})
+			if err != nil && !errors.Is(err, loader.ErrNotSetUp) {
+				return err
+			}
+			if asJSON {
+				return writeJSON(c.stdout, allowReport(ps))
+			}
+			for _, p := range ps {
+				fmt.Fprintln(c.stdout, p)
+			}
+			return nil
+		case "flush":
+			if len(rest) > 0 {
+				return usagef("allow flush takes no arguments")
+			}
+			return withConfig(c, false, func(g *loader.Guard) error {
+				if err := g.Maps.AllowFlush(); err != nil {
+					return err
+				}
+				fmt.Fprintln(c.stdout, "allow list flushed")
+				return nil
+			})
+		}
+		return usagef("unknown action %q: use add, del, list, load or flush", action)
+	},
+}
+
+// allowListJSON is `allow list --json`.
+type allowListJSON struct {
+	IPv4 []string `json:"ipv4"`
+	IPv6 []string `json:"ipv6"`
+}
+
+func allowReport(ps []netip.Prefix) allowListJSON {
+	out := allowListJSON{IPv4: []string{}, IPv6: []string{}}
+	for _, p := range ps {
+		if p.Addr().Is4() {
+			out.IPv4 = append(out.IPv4, p.String())
+		} else {
+			out.IPv6 = append(out.IPv6, p.String())
+		}
+	}
+	return out
+}
+
+func parsePrefixes(args []string) ([]netip.Prefix, error) {
+	ps := make([]netip.Prefix, 0, len(args))
+	for _, a := range args {
+		p, err := loader.ParsePrefix(a)
+		if err != nil {
+			return nil, err
+		}
+		ps = append(ps, p)
+	}
+	return ps, nil
+}
+
+func readPrefixFile(name string) ([]netip.Prefix, error) {
+	var r io.Reader = os.Stdin
+	if name != "-" {
+		f, err := os.Open(name)
+		if err != nil {
+			return nil, fmt.Errorf("open allow file: %w", err)
+		}
+		defer f.Close()
+		r = f
+	}
+	return loader.ParsePrefixes(r, name)
+}
+
+// withConfig opens the state and runs fn. Commands that change the
+// configuration may run before any attach (create): the programs then start
+// with it.
+func withConfig(c *cli, create bool, fn func(*loader.Guard) error) error {
+	g, err := c.open(create)
+	if err != nil {
+		return err
+	}
+	defer g.Close()
+	return fn(g)
+}
+
+var portsCmd = &command{
+	name:    "ports",
+	args:    "add|del PORT... | list [--json]",
+	summary: "the protected UDP ports (default 11211)",
+	help: `Manages the protected UDP ports: datagrams to one are requests, from one are
+responses; both are dropped unless the peer is allowlisted. The set is one
+65,536-bit bitmap read by every attached program; changes are live, and
+adding a port never unprotects another, even for an instant.`,
+	example: `  sudo xdpguard ports add 11212
+  sudo xdpguard ports del 11212
+  sudo xdpguard ports list --json`,
+	flags: func(fs *pflag.FlagSet) { fs.Bool("json", false, "list: print JSON") },
+	run: func(c *cli, fs *pflag.FlagSet, args []string) error {
+		if len(args) == 0 {
+			return usagef("give an action: add, del or list")
+		}
+		action, rest := args[0], args[1:]
+		switch action {
+		case "add", "del":
+			if len(rest) == 0 {
+				return usagef("ports %s needs at least one PORT, e.g. 11211", action)
+			}
+			var ports []uint16
+			for _, a := range rest {
+				p, err := loader.ParsePort(a)
+				if err != nil {
+					return usageError{err.Error()}
+				}
+				ports = append(ports, p)
+			}
+			return withConfig(c, true, func(g *loader.Guard) error {
+				var left int
+				err := g.Maps.UpdateConfig(func(cfg *loader.Config) error {
+					if action == "add" {
+						cfg.Ports = append(cfg.Ports, ports...)
+					} else {
+						for _, p := range ports {
+							if !slices.Contains(cfg.Ports, p) {
+								return fmt.Errorf("port %d is not protected: see xdpguard ports list", p)
+							}
+						}
+						cfg.Ports = slices.DeleteFunc(cfg.Ports, func(p uint16) bool { return slices.Contains(ports, p) })
+					}
+					left = len(cfg.Ports)
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+				if left == 0 {
+					c.warn("no port is protected now: xdpguard passes everything (xdpguard ports add 11211)")
+				}
+				fmt.Fprintf(c.stdout, "%d port(s) protected\n", left)
+				return nil
+			})
+		case "list":
+			if len(rest) > 0 {
+				return usagef("ports list takes no arguments")
+			}
+			asJSON, _ := fs.GetBool("json")
+			cfg, err := currentConfig(c)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				ports := cfg.Ports
+				if ports == nil {
+					ports = []uint16{}
+				}
+				return writeJSON(c.stdout, struct {
+					Ports []uint16 `json:"ports"`
+				}{ports})
+			}
+			for _, p := range cfg.Ports {
+				fmt.Fprintln(c.stdout, p)
+			}
+			return nil
+		}
+		return usagef("unknown action %q: use add, del or list", action)
+	},
+}
+
+// currentConfig is the live config, or the defaults when nothing is set up.
+func currentConfig(c *cli) (loader.Config, error) {
+	var cfg loader.Config
+	err := withConfig(c, false, func(g *loader.Guard) (err error) {
+		cfg, err = g.Maps.ReadConfig()
+		return err
+	})
+	if errors.Is(err, loader.ErrNotSetUp) {
+		return loader.DefaultConfig(), nil
+	}
+	return cfg, err
+}
+
+var modeCmd = &command{
+	name:    "mode",
+	args:    "[enforce|monitor]",
+	summary: "print or set the mode: enforce drops, monitor only counts",
+	help: `With no argument, prints the mode. enforce drops what the policy drops;
+monitor passes it and counts it as would_drop. The mode is host-wide: it
+applies to every attached interface at once.`,
+	example: `  sudo xdpguard mode monitor
+  sudo xdpguard mode`,
+	run: func(c *cli, fs *pflag.FlagSet, args []string) error {
+		switch len(args) {
+		case 0:
+			cfg, err := currentConfig(c)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(c.stdout, cfg.Mode)
+			return nil
+		case 1:
+			m, err := loader.ParseMode(args[0])
+			if err != nil {
+				return usageError{err.Error()}
+			}
+			return withConfig(c, true, func(g *loader.Guard) error {
+				if err := g.Maps.UpdateConfig(func(cfg *loader.Config) error { cfg.Mode = m; return nil }); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.stdout, "mode %s\n", m)
+				return nil
+			})
+		}
+		return usagef("mode takes at most one argument: enforce or monitor")
+	},
+}
+
+var fragmentsCmd = &command{
+	name:    "fragments",
+	args:    "[track|strict]",
+	summary: "print or set what happens to fragments whose first was never seen",
+	help: `A later IP fragment carries no UDP header. xdpguard remembers the verdict of
+each UDP first fragment and applies it to the fragments that follow it
+(drop_fragment). This sets what happens to a later UDP fragment whose first
+fragment was never seen (it arrived out of order, was evicted, or the
+fragment was crafted):
+  track   pass it (pass_orphan_fragment): the default, because reordering
+          on real paths would otherwise break legitimate fragmented UDP
+  strict  drop it (drop_orphan_fragment): for hosts under a fragment flood
+With no argument, prints the policy.`,
+	example: `  sudo xdpguard fragments strict
+  sudo xdpguard fragments`,
+	run: func(c *cli, fs *pflag.FlagSet, args []string) error {
+		switch len(args) {
+		case 0:
+			cfg, err := currentConfig(c)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(c.stdout, cfg.FragPolicy)
+			return nil
+		case 1:
+			p, err := loader.ParseFragPolicy(args[0])
+			if err != nil {
+				return usageError{err.Error()}
+			}
+			return withConfig(c, true, func(g *loader.Guard) error {
+				if err := g.Maps.UpdateConfig(func(cfg *loader.Config) error { cfg.FragPolicy = p; return nil }); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.stdout, "fragments %s\n", p)
+				return nil
+			})
+		}
+		return usagef("fragments takes at most one argument: track or strict")
+	},
+}

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/xdpguard/xdpguard/loader"
+)
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func table(w io.Writer) *tabwriter.Writer {
+	return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+}
+
+func joinPorts(ports []uint16) string {
+	if len(ports) == 0 {
+		return "none"
+	}
+	s := make([]string, len(ports))
+	for i, p := range ports {
+		s[i] = fmt.Sprint(p)
+	}
+	return strings.Join(s, ",")
+}
+
+func printStatus(w io.Writer, pinPath string, rep statusReport) {
+	tw := table(w)
+	fmt.Fprintf(tw, "pin path\t%s\n", pinPath)
+	fmt.Fprintf(tw, "mode\t%s\n", rep.Config.Mode)
+	fmt.Fprintf(tw, "ports\t%s\n", joinPorts(rep.Config.Ports))
+	fmt.Fprintf(tw, "allow\t%d IPv4, %d IPv6 prefixes\n", rep.Config.Allow.IPv4, rep.Config.Allow.IPv6)
+	fmt.Fprintf(tw, "fragments\t%s\n", rep.Config.Fragments)
+	tw.Flush()
+	fmt.Fprintln(w)
+	if len(rep.Attachments) == 0 {
+		fmt.Fprintln(w, "not attached to any interface")
+		return
+	}
+	tw = table(w)
+	fmt.Fprintln(tw, "INTERFACE\tIFINDEX\tHOOK\tMODE\tPROGRAM")
+	for _, a := range rep.Attachments {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\n", a.Interface, a.Ifindex, a.Hook, a.Mode, a.ProgramID)
+	}
+	tw.Flush()
+}
+
+func printStats(w io.Writer, st []loader.InterfaceStats) {
+	if len(st) == 0 {
+		fmt.Fprintln(w, "not attached to any interface")
+		return
+	}
+	tw := table(w)
+	fmt.Fprintln(tw, "INTERFACE\tHOOK\tREASON\tPACKETS\tBYTES\t")
+	for _, s := range st {
+		for _, r := range loader.Reasons() {
+			c := s.Counters[r.String()]
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t\n", s.Interface, s.Hook, r, c.Packets, c.Bytes)
+		}
+	}
+	tw.Flush()
+}

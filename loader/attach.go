@@ -1,0 +1,363 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+)
+
+// XDPMode is how the XDP program is attached.
+type XDPMode string
+
+const (
+	XDPAuto    XDPMode = "auto"    // native, else generic with a warning
+	XDPNative  XDPMode = "native"  // in the driver: the fast path
+	XDPGeneric XDPMode = "generic" // after skb allocation: any driver, slower
+)
+
+// ParseXDPMode parses auto, native or generic.
+func ParseXDPMode(s string) (XDPMode, error) {
+	switch m := XDPMode(strings.ToLower(s)); m {
+	case XDPAuto, XDPNative, XDPGeneric:
+		return m, nil
+	}
+	return "", fmt.Errorf("invalid XDP mode %q: use auto, native or generic", s)
+}
+
+// TCBackend is how the egress program is attached.
+type TCBackend string
+
+const (
+	TCAuto   TCBackend = "auto"   // tcx where the kernel has it, else legacy
+	TCX      TCBackend = "tcx"    // bpf_link on the tcx egress hook (Linux 6.6+)
+	TCLegacy TCBackend = "legacy" // clsact qdisc + cls_bpf filter via netlink
+)
+
+// ParseTCBackend parses auto, tcx or legacy.
+func ParseTCBackend(s string) (TCBackend, error) {
+	switch b := TCBackend(strings.ToLower(s)); b {
+	case TCAuto, TCX, TCLegacy:
+		return b, nil
+	}
+	return "", fmt.Errorf("invalid TC backend %q: use auto, tcx or legacy", s)
+}
+
+// AttachOptions say how Attach attaches.
+type AttachOptions struct {
+	Mode      XDPMode
+	Egress    bool      // also attach the TC egress program
+	TCBackend TCBackend // how, when Egress
+	// Force replaces an XDP program that is not xdpguard's.
+	Force bool
+	// Reload loads the programs anew and swaps them in even when the
+	// attached ones are identical (an upgrade does so by itself).
+	Reload bool
+	// Warn receives warnings (a fallback to generic mode, say).
+	Warn func(string)
+}
+
+// Errors callers branch on.
+var (
+	ErrUnknownInterface = errors.New("unknown interface")
+	ErrNotAttached      = errors.New("not attached")
+	ErrForeignProgram   = errors.New("another XDP program is attached")
+	ErrModeMismatch     = errors.New("attached in another mode")
+)
+
+// AttachResult says what Attach did.
+type AttachResult struct {
+	Interface string
+	Ifindex   int
+	Mode      XDPMode // the XDP mode in force
+	Egress    string  // "", "tcx" or "legacy"
+	Action    string  // "attached", "unchanged" or "replaced"
+}
+
+// failpoint lets tests fail an attach at a named step to prove rollback.
+var failpoint = func(step string) error { return nil }
+
+// undo collects what to take back if a multi-step change fails.
+type undo []func()
+
+func (u *undo) push(f func()) { *u = append(*u, f) }
+
+func (u undo) run() {
+	for i := len(u) - 1; i >= 0; i-- {
+		u[i]()
+	}
+}
+
+func lookupLink(name string) (netlink.Link, error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
+			return nil, fmt.Errorf("interface %q: %w: check the name with `ip link`", name, ErrUnknownInterface)
+		}
+		return nil, fmt.Errorf("interface %q: %w", name, err)
+	}
+	return l, nil
+}
+
+// Attach protects one interface. Attaching an attached interface again is
+// idempotent; if the programs changed (an upgrade) or opts.Reload is set,
+// the new ones replace the old atomically through the pinned links, so no
+// packet goes unfiltered. A failure takes back everything it made.
+func (g *Guard) Attach(name string, opts AttachOptions) (res AttachResult, err error) {
+	if opts.Mode == "" {
+		opts.Mode = XDPAuto
+	}
+	if opts.TCBackend == "" {
+		opts.TCBackend = TCAuto
+	}
+	if opts.Warn == nil {
+		opts.Warn = func(string) {}
+	}
+	defer func() {
+		if err != nil {
+			// A first attach that failed leaves no shared state behind.
+			if g.created {
+				_ = g.removeIfUnused()
+			}
+			err = fmt.Errorf("attach %s: %w", name, err)
+		}
+	}()
+
+	l, err := lookupLink(name)
+	if err != nil {
+		return res, err
+	}
+	ifindex := l.Attrs().Index
+	res = AttachResult{Interface: name, Ifindex: ifindex}
+	dir := g.ifaceDir(ifindex)
+
+	if _, err := os.Stat(filepath.Join(dir, pinXDPLink)); err == nil {
+		return g.reattach(l, dir, opts, res)
+	}
+	if err := refuseForeign(l, opts); err != nil {
+		return res, err
+	}
+
+	var u undo
+	defer func() {
+		if err != nil {
+			u.run()
+		}
+	}()
+	if err := os.MkdirAll(dir, sharedPinMode); err != nil {
+		return res, fmt.Errorf("create %s: %w", dir, err)
+	}
+	u.push(func() { os.RemoveAll(dir) })
+
+	dp, err := LoadDataplane(g.Maps, nil)
+	if err != nil {
+		return res, err
+	}
+	defer dp.Close() // the pins and links hold what must live on
+
+	if err := dp.Stats.Pin(filepath.Join(dir, pinStats)); err != nil {
+		return res, fmt.Errorf("pin counters: %w", err)
+	}
+	if err := failpoint("stats"); err != nil {
+		return res, err
+	}
+
+	xl, mode, err := attachXDP(l, dp.XDP, opts)
+	if err != nil {
+		return res, err
+	}
+	u.push(func() { xl.Close() })
+	defer xl.Close()
+	res.Mode = mode
+	if err := xl.Pin(filepath.Join(dir, pinXDPLink)); err != nil {
+		return res, fmt.Errorf("pin XDP link: %w", err)
+	}
+	u.push(func() { xl.Unpin() })
+	if err := failpoint("xdp"); err != nil {
+		return res, err
+	}
+
+	if opts.Egress {
+		backend, err := g.attachTC(l, dir, dp.TC, opts.TCBackend, &u)
+		if err != nil {
+			return res, err
+		}
+		res.Egress = string(backend)
+	}
+	if err := failpoint("done"); err != nil {
+		return res, err
+	}
+	res.Action = "attached"
+	return res, nil
+}
+
+// refuseForeign refuses an interface that has an XDP program of someone
+// else's, unless forced, in which case that program is detached first.
+func refuseForeign(l netlink.Link, opts AttachOptions) error {
+	x := l.Attrs().Xdp
+	if x == nil || !x.Attached || x.ProgId == 0 {
+		return nil
+	}
+	progName := "?"
+	if p, err := ebpf.NewProgramFromID(ebpf.ProgramID(x.ProgId)); err == nil {
+		if info, err := p.Info(); err == nil {
+			progName = info.Name
+		}
+		p.Close()
+	}
+	if !opts.Force {
+		return fmt.Errorf("%w on %s: program id %d, name %q: remove it (ip link set dev %s xdp off) or attach with --force to replace it",
+			ErrForeignProgram, l.Attrs().Name, x.ProgId, progName, l.Attrs().Name)
+	}
+	// Held by a bpf_link? Then detach that link; else it was set via netlink.
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		lk := it.Take()
+		info, err := lk.Info()
+		if err == nil && info.Type == link.XDPType && info.XDP() != nil && int(info.XDP().Ifindex) == l.Attrs().Index {
+			err := lk.Detach()
+			lk.Close()
+			if err != nil {
+				return fmt.Errorf("detach the XDP link holding program %d: %w", x.ProgId, err)
+			}
+			return nil
+		}
+		lk.Close()
+	}
+	flags := 0
+	switch x.AttachMode {
+	case nl.XDP_ATTACHED_SKB:
+		flags = unix.XDP_FLAGS_SKB_MODE
+	case nl.XDP_ATTACHED_DRV:
+		flags = unix.XDP_FLAGS_DRV_MODE
+	}
+	if err := netlink.LinkSetXdpFdWithFlags(l, -1, flags); err != nil {
+		return fmt.Errorf("remove XDP program %d: %w", x.ProgId, err)
+	}
+	return nil
+}
+
+func attachXDP(l netlink.Link, prog *ebpf.Program, opts AttachOptions) (link.Link, XDPMode, error) {
+	try := func(flags link.XDPAttachFlags) (link.Link, error) {
+		return link.AttachXDP(link.XDPOptions{Program: prog, Interface: l.Attrs().Index, Flags: flags})
+	}
+	switch opts.Mode {
+	case XDPNative:
+		xl, err := try(link.XDPDriverMode)
+		if err != nil {
+			return nil, "", fmt.Errorf("native XDP on driver %s: %w: use --mode generic (or auto)", driverName(l.Attrs().Name), xdpLinkError(err))
+		}
+		return xl, XDPNative, nil
+	case XDPGeneric:
+		xl, err := try(link.XDPGenericMode)
+		if err != nil {
+			return nil, "", fmt.Errorf("generic XDP: %w", xdpLinkError(err))
+		}
+		return xl, XDPGeneric, nil
+	}
+	xl, err := try(link.XDPDriverMode)
+	if err == nil {
+		return xl, XDPNative, nil
+	}
+	nativeErr := err
+	xl, err = try(link.XDPGenericMode)
+	if err != nil {
+		return nil, "", fmt.Errorf("native XDP: %v; generic XDP: %w", nativeErr, xdpLinkError(err))
+	}
+	opts.Warn(fmt.Sprintf("driver %s of %s has no native XDP (%v): attached in generic mode, after skb allocation, at a higher cost per packet",
+		driverName(l.Attrs().Name), l.Attrs().Name, nativeErr))
+	return xl, XDPGeneric, nil
+}
+
+func xdpLinkError(err error) error {
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		return fmt.Errorf("%w: this kernel has no BPF links for XDP (Linux 5.9 or later needed)", err)
+	}
+	return err
+}
+
+// driverName names an interface's driver, as ethtool -i does.
+func driverName(ifname string) string {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return "?"
+	}
+	defer unix.Close(fd)
+	info, err := unix.IoctlGetEthtoolDrvinfo(fd, ifname)
+	if err != nil {
+		return "?"
+	}
+	return unix.ByteSliceToString(info.Driver[:])
+}
+
+// reattach handles an interface we already hold: no-op, egress added, or the
+// programs swapped in place through the links (an upgrade).
+func (g *Guard) reattach(l netlink.Link, dir string, opts AttachOptions, res AttachResult) (AttachResult, error) {
+	res.Action = "unchanged"
+	cur, err := loadAttachment(dir, l.Attrs().Index)
+	if err != nil {
+		return res, err
+	}
+	defer cur.close()
+	res.Mode = xdpModeOf(l)
+	if opts.Mode != XDPAuto && opts.Mode != res.Mode {
+		return res, fmt.Errorf("%w: %s is attached in %s mode: run `xdpguard detach %s` first to change it",
+			ErrModeMismatch, l.Attrs().Name, res.Mode, l.Attrs().Name)
+	}
+	res.Egress = cur.egress()
+
+	// Load a fresh instance that keeps this interface's counters; it is
+	// swapped in only if it differs or a reload was asked for.
+	dp, err := LoadDataplane(g.Maps, cur.stats)
+	if err != nil {
+		return res, err
+	}
+	defer dp.Close()
+	changed, err := cur.programsChanged(dp)
+	if err != nil {
+		return res, err
+	}
+	needTC := opts.Egress && res.Egress == ""
+	if !changed && !opts.Reload && !needTC {
+		return res, nil
+	}
+
+	if changed || opts.Reload {
+		if err := cur.xdp.Update(dp.XDP); err != nil {
+			return res, fmt.Errorf("replace XDP program: %w", err)
+		}
+		if err := cur.replaceTC(l, dp.TC); err != nil {
+			return res, err
+		}
+		res.Action = "replaced"
+	}
+	if needTC {
+		var u undo
+		backend, err := g.attachTC(l, dir, dp.TC, opts.TCBackend, &u)
+		if err != nil {
+			u.run()
+			return res, err
+		}
+		res.Egress = string(backend)
+		if res.Action == "unchanged" {
+			res.Action = "egress added"
+		}
+	}
+	return res, nil
+}
+
+func xdpModeOf(l netlink.Link) XDPMode {
+	if x := l.Attrs().Xdp; x != nil && x.AttachMode == nl.XDP_ATTACHED_SKB {
+		return XDPGeneric
+	}
+	return XDPNative
+}
