@@ -1,0 +1,274 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xdpguard/xdpguard/internal/nstest"
+	"github.com/xdpguard/xdpguard/internal/testpkt"
+	"github.com/xdpguard/xdpguard/loader"
+)
+
+// runCLI runs the CLI in-process and returns its exit status and output.
+func runCLI(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestUsageErrors(t *testing.T) {
+	pin := "--pin-path=" + filepath.Join(t.TempDir(), "never-created")
+	for _, tc := range []struct {
+		args []string
+		want string // in stderr
+	}{
+		{nil, "Usage:"},
+		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{"--bogus"}, "unknown flag"},
+		{[]string{pin, "attach"}, "name at least one interface"},
+		{[]string{pin, "attach", "eth0", "--mode", "offload"}, `invalid XDP mode "offload"`},
+		{[]string{pin, "attach", "eth0", "--tc-backend", "x"}, `invalid TC backend "x"`},
+		{[]string{pin, "detach"}, "--all"},
+		{[]string{pin, "detach", "eth0", "--all"}, "not both"},
+		{[]string{pin, "ports", "add", "0"}, `invalid port "0"`},
+		{[]string{pin, "ports", "add", "11211", "70000"}, `invalid port "70000"`},
+		{[]string{pin, "ports", "open", "1"}, `unknown action "open"`},
+		{[]string{pin, "allow", "add", "10.1.2.3/8"}, "did you mean 10.0.0.0/8?"},
+		{[]string{pin, "allow", "add", "192.0.2.0/24", "bogus"}, `invalid CIDR "bogus"`},
+		{[]string{pin, "allow", "load"}, "one FILE"},
+		{[]string{pin, "allow"}, "give an action"},
+		{[]string{pin, "mode", "drop"}, `invalid mode "drop"`},
+		{[]string{pin, "fragments", "maybe"}, `invalid fragment policy "maybe"`},
+		{[]string{pin, "stats", "--watch", "1ns"}, "invalid --watch"},
+		{[]string{pin, "status", "extra"}, "no arguments"},
+	} {
+		code, _, stderr := runCLI(tc.args...)
+		if code != exitUsage || !strings.Contains(stderr, tc.want) {
+			t.Errorf("xdpguard %v: exit %d, stderr %q; want exit 2 and %q", tc.args, code, stderr, tc.want)
+		}
+	}
+}
+
+func TestHelpHasExamples(t *testing.T) {
+	code, out, _ := runCLI("--help")
+	if code != exitOK || !strings.Contains(out, "Examples:") || !strings.Contains(out, "attach") {
+		t.Fatalf("--help: exit %d, %q", code, out)
+	}
+	for _, cmd := range commands {
+		code, out, _ := runCLI(cmd.name, "--help")
+		if code != exitOK || !strings.Contains(out, "Usage: xdpguard") || !strings.Contains(out, "Examples:\n  ") {
+			t.Errorf("%s --help: exit %d, no usage or example:\n%s", cmd.name, code, out)
+		}
+	}
+}
+
+func TestStatsRates(t *testing.T) {
+	prev := []loader.InterfaceStats{{Interface: "eth0", Ifindex: 2, Hook: "xdp", Counters: map[string]loader.Counter{
+		"pass": {Packets: 100, Bytes: 10000}, "drop_request": {Packets: 10, Bytes: 500},
+	}}}
+	cur := []loader.InterfaceStats{{Interface: "eth0", Ifindex: 2, Hook: "xdp", Counters: map[string]loader.Counter{
+		"pass": {Packets: 300, Bytes: 30000}, "drop_request": {Packets: 10, Bytes: 500},
+	}}}
+	got := statsRates(prev, cur, 2*time.Second)
+	if len(got) != 1 || got[0].Counters["pass"] != (loader.Counter{Packets: 100, Bytes: 10000}) || got[0].Counters["drop_request"] != (loader.Counter{}) {
+		t.Fatalf("rates: %+v", got)
+	}
+}
+
+func TestPrintStatsAlignsEveryReason(t *testing.T) {
+	var b bytes.Buffer
+	printStats(&b, []loader.InterfaceStats{{Interface: "eth0", Hook: "xdp", Counters: map[string]loader.Counter{"drop_request": {Packets: 7, Bytes: 420}}}})
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != 1+loader.ReasonCount {
+		t.Fatalf("%d lines, want a header and one per reason:\n%s", len(lines), b.String())
+	}
+	col := strings.Index(lines[0], "PACKETS")
+	for _, l := range lines[1:] {
+		if strings.Contains(l, "drop_request") && !strings.HasPrefix(l[col:], "7 ") {
+			t.Errorf("drop_request row not aligned under PACKETS:\n%s", b.String())
+		}
+	}
+}
+
+func TestNotRootIsRefused(t *testing.T) {
+	nstest.RequireRoot(t)
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("setpriv (util-linux) not installed")
+	}
+	bin := filepath.Join(t.TempDir(), "xdpguard")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	os.Chmod(filepath.Dir(bin), 0o755)
+	cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", bin, "attach", "lo")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitFailed || !strings.Contains(string(out), "run it as root") {
+		t.Fatalf("attach as nobody: %v, %q; want exit 1 and a hint to run as root", err, out)
+	}
+}
+
+func TestPinPathOffBPFFS(t *testing.T) {
+	nstest.RequireRoot(t)
+	dir := t.TempDir()
+	code, _, stderr := runCLI("--pin-path", filepath.Join(dir, "pins"), "attach", "lo")
+	if code != exitFailed || !strings.Contains(stderr, "not on a BPF filesystem") || !strings.Contains(stderr, "mount -t bpf") {
+		t.Fatalf("exit %d, %q; want 1 and how to fix it", code, stderr)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("a refused attach created %v", entries)
+	}
+}
+
+// TestCLIInNamespace drives every command against a veth pair in namespaces.
+func TestCLIInNamespace(t *testing.T) {
+	nstest.RequireRoot(t)
+	peer, host := nstest.New(t, "xgcp"), nstest.New(t, "xgch")
+	for _, ns := range []*nstest.NS{peer, host} {
+		if err := ns.Sysctl("net.ipv6.conf.default.disable_ipv6", "1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nstest.Veth(t, peer, "xg0", host, "xg1", 0)
+	pin := filepath.Join("/sys/fs/bpf", "xgcli-"+host.Name())
+	cli := func(args ...string) (int, string, string) {
+		var code int
+		var out, errb string
+		err := host.Do(func() error {
+			code, out, errb = runCLI(append([]string{"--pin-path", pin}, args...)...)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return code, out, errb
+	}
+	mustCLI := func(args ...string) string {
+		t.Helper()
+		code, out, errb := cli(args...)
+		if code != exitOK {
+			t.Fatalf("xdpguard %v: exit %d: %s", args, code, errb)
+		}
+		return out
+	}
+	t.Cleanup(func() { cli("detach", "--all") })
+
+	// Bad input changes nothing.
+	code, _, errb := cli("attach", "nosuch0")
+	if code != exitFailed || !strings.Contains(errb, `"nosuch0"`) || !strings.Contains(errb, "ip link") {
+		t.Fatalf("attach nosuch0: exit %d, %q", code, errb)
+	}
+	if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a failed attach left %s behind", pin)
+	}
+
+	if out := mustCLI("attach", "xg1", "--egress"); !strings.Contains(out, "xg1: attached (xdp native, egress via tcx)") {
+		t.Fatalf("attach output: %q", out)
+	}
+	if out := mustCLI("attach", "xg1", "--egress"); !strings.Contains(out, "unchanged") {
+		t.Fatalf("second attach output: %q", out)
+	}
+
+	var st statusReport
+	if err := json.Unmarshal([]byte(mustCLI("status", "--json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Attachments) != 2 || st.Attachments[0].Hook != "xdp" || st.Attachments[1].Hook != "tc" ||
+		st.Attachments[0].Interface != "xg1" || st.Attachments[0].ProgramID == 0 ||
+		st.Config.Mode != "enforce" || st.Config.Fragments != "track" || len(st.Config.Ports) != 1 || st.Config.Ports[0] != 11211 {
+		t.Fatalf("status --json: %+v", st)
+	}
+
+	mustCLI("allow", "add", "203.0.113.0/24", "2001:db8::/48")
+	allowFile := filepath.Join(t.TempDir(), "allow.txt")
+	os.WriteFile(allowFile, []byte("# peers\n198.51.100.0/25\n"), 0o600)
+	mustCLI("allow", "load", allowFile)
+	var al allowListJSON
+	if err := json.Unmarshal([]byte(mustCLI("allow", "list", "--json")), &al); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(al.IPv4, ",") != "198.51.100.0/25,203.0.113.0/24" || strings.Join(al.IPv6, ",") != "2001:db8::/48" {
+		t.Fatalf("allow list: %+v", al)
+	}
+	if code, _, errb := cli("allow", "del", "192.0.2.0/24"); code != exitFailed || !strings.Contains(errb, "not on the allow list") {
+		t.Fatalf("allow del of an absent prefix: exit %d, %q", code, errb)
+	}
+	mustCLI("allow", "flush")
+	if out := mustCLI("allow", "list"); out != "" {
+		t.Fatalf("after flush: %q", out)
+	}
+
+	mustCLI("ports", "add", "11212", "5353")
+	if out := mustCLI("ports", "list"); out != "5353\n11211\n11212\n" {
+		t.Fatalf("ports list: %q", out)
+	}
+	if code, _, errb := cli("ports", "del", "9"); code != exitFailed || !strings.Contains(errb, "port 9 is not protected") {
+		t.Fatalf("ports del 9: exit %d, %q", code, errb)
+	}
+	mustCLI("ports", "del", "5353", "11212")
+	mustCLI("fragments", "strict")
+	if out := mustCLI("fragments"); out != "strict\n" {
+		t.Fatalf("fragments: %q", out)
+	}
+	mustCLI("fragments", "track")
+
+	// Counters equal what was injected: 3 requests, 2 TCP segments.
+	inj := nstest.NewInjector(t, peer, "xg0")
+	src, dst := netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("192.0.2.1")
+	req := testpkt.Must(testpkt.MemcachedRequest(src, dst, 40000, testpkt.Stats).Frame())
+	tcp := testpkt.Must(testpkt.TCP(src, dst, 40000, 443, nil).Frame())
+	if err := inj.SendAll(req, req, req, tcp, tcp); err != nil {
+		t.Fatal(err)
+	}
+	var sr statsReport
+	nstest.Eventually(t, 5*time.Second, "5 packets counted", func() (bool, error) {
+		sr = statsReport{}
+		if err := json.Unmarshal([]byte(mustCLI("stats", "xg1", "--json")), &sr); err != nil {
+			return false, err
+		}
+		return len(sr.Interfaces) == 2 && sr.Interfaces[0].Counters["drop_request"].Packets+sr.Interfaces[0].Counters["pass"].Packets == 5, nil
+	})
+	x := sr.Interfaces[0]
+	if x.Hook != "xdp" || x.Counters["drop_request"] != (loader.Counter{Packets: 3, Bytes: 3 * uint64(len(req))}) ||
+		x.Counters["pass"] != (loader.Counter{Packets: 2, Bytes: 2 * uint64(len(tcp))}) {
+		t.Fatalf("xdp counters: %+v", x)
+	}
+	if len(x.Counters) != loader.ReasonCount {
+		t.Fatalf("stats --json lists %d reasons, want all %d", len(x.Counters), loader.ReasonCount)
+	}
+
+	mustCLI("mode", "monitor")
+	if out := mustCLI("mode"); out != "monitor\n" {
+		t.Fatalf("mode: %q", out)
+	}
+	if err := inj.Send(req); err != nil {
+		t.Fatal(err)
+	}
+	nstest.Eventually(t, 5*time.Second, "would_drop counted", func() (bool, error) {
+		sr = statsReport{}
+		err := json.Unmarshal([]byte(mustCLI("stats", "--json")), &sr)
+		return err == nil && sr.Interfaces[0].Counters["would_drop"].Packets == 1, err
+	})
+	if out := mustCLI("stats", "--watch", "20ms", "--count", "2"); strings.Count(out, "(per second)") != 2 {
+		t.Fatalf("stats --watch --count 2 printed:\n%s", out)
+	}
+
+	if out := mustCLI("detach", "xg1"); out != "xg1: detached\n" {
+		t.Fatalf("detach: %q", out)
+	}
+	if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("pin path left after the last detach")
+	}
+	if out := mustCLI("status"); !strings.Contains(out, "not attached to any interface") {
+		t.Fatalf("status after detach: %q", out)
+	}
+}

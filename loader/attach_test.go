@@ -1,0 +1,529 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+
+	"github.com/xdpguard/xdpguard/internal/nstest"
+	"github.com/xdpguard/xdpguard/internal/testpkt"
+)
+
+// rig is a veth pair across two namespaces: frames injected into xg0 (in
+// peer) meet whatever is attached to xg1 (in host), under a pin path of its
+// own.
+type rig struct {
+	peer, host *nstest.NS
+	pin        string
+	inj        *nstest.Injector
+}
+
+const (
+	rigPeerIf = "xg0"
+	rigHostIf = "xg1"
+)
+
+var (
+	attacker = netip.MustParseAddr("198.51.100.7")
+	hostAddr = netip.MustParseAddr("192.0.2.1")
+)
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	nstest.RequireRoot(t)
+	r := &rig{peer: nstest.New(t, "xgp"), host: nstest.New(t, "xgh")}
+	for _, ns := range []*nstest.NS{r.peer, r.host} {
+		// No IPv6 autoconfiguration chatter: counters must count only
+		// the frames a test injects.
+		if err := ns.Sysctl("net.ipv6.conf.default.disable_ipv6", "1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nstest.Veth(t, r.peer, rigPeerIf, r.host, rigHostIf, 0)
+	r.pin = filepath.Join("/sys/fs/bpf", "xgtest-"+r.host.Name())
+	t.Cleanup(func() {
+		if _, err := os.Stat(r.pin); err == nil {
+			_ = r.host.Do(func() error {
+				g, err := Open(r.pin, false)
+				if err != nil {
+					return err
+				}
+				defer g.Close()
+				return g.DetachAll()
+			})
+		}
+	})
+	r.inj = nstest.NewInjector(t, r.peer, rigPeerIf)
+	return r
+}
+
+// do runs fn with the rig's Guard inside the host namespace.
+func (r *rig) do(t *testing.T, fn func(g *Guard) error) {
+	t.Helper()
+	err := r.host.Do(func() error {
+		g, err := Open(r.pin, true)
+		if err != nil {
+			return err
+		}
+		defer g.Close()
+		return fn(g)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (r *rig) attach(t *testing.T, opts AttachOptions) AttachResult {
+	t.Helper()
+	var res AttachResult
+	r.do(t, func(g *Guard) (err error) {
+		res, err = g.Attach(rigHostIf, opts)
+		return err
+	})
+	return res
+}
+
+func (r *rig) hostLink(t *testing.T) netlink.Link {
+	t.Helper()
+	l, err := r.host.Link(rigHostIf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// xdpProgID is the XDP program on the host interface, 0 if none.
+func (r *rig) xdpProgID(t *testing.T) uint32 {
+	x := r.hostLink(t).Attrs().Xdp
+	if x == nil || !x.Attached {
+		return 0
+	}
+	return x.ProgId
+}
+
+// tcxCount is how many programs sit on the host interface's tcx egress.
+func (r *rig) tcxCount(t *testing.T) int {
+	t.Helper()
+	idx := r.hostLink(t).Attrs().Index
+	var n int
+	err := r.host.Do(func() error {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: idx, Attach: ebpf.AttachTCXEgress})
+		if err == nil {
+			n = len(res.Programs)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func (r *rig) counters(t *testing.T) map[string]map[string]Counter {
+	t.Helper()
+	out := map[string]map[string]Counter{}
+	r.do(t, func(g *Guard) error {
+		st, err := g.Stats()
+		for _, s := range st {
+			out[s.Hook] = s.Counters
+		}
+		return err
+	})
+	return out
+}
+
+// waitPackets waits until the hook's counters add up to n packets, then
+// checks they stay there and match want exactly.
+func (r *rig) expectCounters(t *testing.T, hook string, want map[string]uint64) {
+	t.Helper()
+	var total uint64
+	for _, n := range want {
+		total += n
+	}
+	var got map[string]Counter
+	nstest.Eventually(t, 5*time.Second, fmt.Sprintf("%d packets counted on %s", total, hook), func() (bool, error) {
+		got = r.counters(t)[hook]
+		var sum uint64
+		for _, c := range got {
+			sum += c.Packets
+		}
+		return sum >= total, nil
+	})
+	for _, reason := range Reasons() {
+		if got[reason.String()].Packets != want[reason.String()] {
+			t.Errorf("%s %s: %d packets, want %d (all: %v)", hook, reason, got[reason.String()].Packets, want[reason.String()], got)
+		}
+	}
+}
+
+func frame(t *testing.T, p testpkt.Packet) []byte {
+	t.Helper()
+	b, err := p.Frame()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func request(t *testing.T, src netip.Addr) []byte {
+	return frame(t, testpkt.MemcachedRequest(src, hostAddr, 40000, testpkt.Stats))
+}
+
+func (r *rig) send(t *testing.T, frames ...[]byte) {
+	t.Helper()
+	if err := r.inj.SendAll(frames...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAttachIdempotentUpgradeDetach(t *testing.T) {
+	r := newRig(t)
+	res := r.attach(t, AttachOptions{Egress: true})
+	if res.Action != "attached" || res.Mode != XDPNative || res.Egress != string(TCX) {
+		t.Fatalf("first attach: %+v, want attached, native, tcx", res)
+	}
+	first := r.xdpProgID(t)
+	if first == 0 || r.tcxCount(t) != 1 {
+		t.Fatalf("after attach: XDP program %d, %d tcx programs; want one of each", first, r.tcxCount(t))
+	}
+
+	res = r.attach(t, AttachOptions{Egress: true})
+	if res.Action != "unchanged" || r.xdpProgID(t) != first || r.tcxCount(t) != 1 {
+		t.Fatalf("second attach: %+v, program %d (was %d), %d tcx: want unchanged, same, 1", res, r.xdpProgID(t), first, r.tcxCount(t))
+	}
+
+	r.send(t, request(t, attacker))
+	r.expectCounters(t, "xdp", map[string]uint64{"drop_request": 1})
+
+	// An upgrade swaps the programs in place and keeps the counters.
+	res = r.attach(t, AttachOptions{Reload: true})
+	if res.Action != "replaced" || r.xdpProgID(t) == first || r.tcxCount(t) != 1 {
+		t.Fatalf("reload: %+v, program %d (was %d), %d tcx: want replaced, new id, 1", res, r.xdpProgID(t), first, r.tcxCount(t))
+	}
+	r.send(t, request(t, attacker))
+	r.expectCounters(t, "xdp", map[string]uint64{"drop_request": 2})
+
+	// A mode change is refused rather than done with a gap.
+	err := r.host.Do(func() error {
+		g, err := Open(r.pin, false)
+		if err != nil {
+			return err
+		}
+		defer g.Close()
+		_, err = g.Attach(rigHostIf, AttachOptions{Mode: XDPGeneric})
+		return err
+	})
+	if !errors.Is(err, ErrModeMismatch) {
+		t.Fatalf("attach --mode generic over native: %v, want ErrModeMismatch", err)
+	}
+
+	r.do(t, func(g *Guard) error { return g.Detach(rigHostIf) })
+	if id := r.xdpProgID(t); id != 0 {
+		t.Errorf("after detach: XDP program %d still attached", id)
+	}
+	if n := r.tcxCount(t); n != 0 {
+		t.Errorf("after detach: %d tcx programs left", n)
+	}
+	if _, err := os.Stat(r.pin); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after the last detach the pin path remains: %v", err)
+	}
+}
+
+func TestAttachRollsBack(t *testing.T) {
+	for _, step := range []string{"stats", "xdp", "tc", "done"} {
+		t.Run(step, func(t *testing.T) {
+			r := newRig(t)
+			injected := errors.New("injected failure at " + step)
+			failpoint = func(s string) error {
+				if s == step {
+					return injected
+				}
+				return nil
+			}
+			t.Cleanup(func() { failpoint = func(string) error { return nil } })
+
+			err := r.host.Do(func() error {
+				g, err := Open(r.pin, true)
+				if err != nil {
+					return err
+				}
+				defer g.Close()
+				_, err = g.Attach(rigHostIf, AttachOptions{Egress: true})
+				return err
+			})
+			if !errors.Is(err, injected) {
+				t.Fatalf("attach: %v, want the injected failure", err)
+			}
+			if id := r.xdpProgID(t); id != 0 {
+				t.Errorf("XDP program %d left attached", id)
+			}
+			if n := r.tcxCount(t); n != 0 {
+				t.Errorf("%d tcx programs left attached", n)
+			}
+			if _, err := os.Stat(r.pin); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("pin path left behind: %v", err)
+			}
+		})
+	}
+}
+
+func TestAttachRollbackKeepsOtherInterfaces(t *testing.T) {
+	r := newRig(t)
+	nstest.Veth(t, r.peer, "xg2", r.host, "xg3", 0)
+	r.attach(t, AttachOptions{})
+	failpoint = func(s string) error {
+		if s == "xdp" {
+			return errors.New("injected")
+		}
+		return nil
+	}
+	t.Cleanup(func() { failpoint = func(string) error { return nil } })
+	r.do(t, func(g *Guard) error {
+		if _, err := g.Attach("xg3", AttachOptions{}); err == nil {
+			return errors.New("attach xg3 succeeded despite the failpoint")
+		}
+		return nil
+	})
+	failpoint = func(string) error { return nil }
+	var atts []Attachment
+	r.do(t, func(g *Guard) (err error) {
+		atts, err = g.Attachments()
+		return err
+	})
+	if len(atts) != 1 || atts[0].Interface != rigHostIf {
+		t.Fatalf("attachments after a failed second attach: %+v, want only %s", atts, rigHostIf)
+	}
+	r.send(t, request(t, attacker))
+	r.expectCounters(t, "xdp", map[string]uint64{"drop_request": 1})
+}
+
+func TestAttachLegacyTC(t *testing.T) {
+	r := newRig(t)
+	res := r.attach(t, AttachOptions{Egress: true, TCBackend: TCLegacy})
+	if res.Egress != string(TCLegacy) {
+		t.Fatalf("egress %q, want legacy", res.Egress)
+	}
+	l := r.hostLink(t)
+	var id ebpf.ProgramID
+	err := r.host.Do(func() (err error) {
+		id, err = legacyProgramID(l)
+		return err
+	})
+	if err != nil || id == 0 {
+		t.Fatalf("cls_bpf filter: id %d, %v; want our filter", id, err)
+	}
+	r.do(t, func(g *Guard) error { return g.Detach(rigHostIf) })
+	qdiscs, err := r.host.Handle().QdiscList(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range qdiscs {
+		if q.Type() == "clsact" {
+			t.Errorf("detach left the clsact qdisc it created")
+		}
+	}
+}
+
+// foreignXDP attaches a program that is not ours, the way other tools do
+// (netlink, no bpf_link).
+func foreignXDP(t *testing.T, r *rig) *ebpf.Program {
+	t.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "not_xdpguard", Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	l := r.hostLink(t)
+	if err := r.host.Do(func() error { return netlink.LinkSetXdpFd(l, prog.FD()) }); err != nil {
+		t.Fatal(err)
+	}
+	return prog
+}
+
+func TestAttachRefusesForeignProgram(t *testing.T) {
+	r := newRig(t)
+	prog := foreignXDP(t, r)
+	info, _ := prog.Info()
+	id, _ := info.ID()
+
+	err := r.host.Do(func() error {
+		g, err := Open(r.pin, true)
+		if err != nil {
+			return err
+		}
+		defer g.Close()
+		_, err = g.Attach(rigHostIf, AttachOptions{})
+		return err
+	})
+	if !errors.Is(err, ErrForeignProgram) {
+		t.Fatalf("attach over a foreign program: %v, want ErrForeignProgram", err)
+	}
+	if want := fmt.Sprintf("program id %d, name \"not_xdpguard\"", id); !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q does not name the program (%s)", err, want)
+	}
+	if r.xdpProgID(t) != uint32(id) {
+		t.Errorf("the refused attach changed the interface's program")
+	}
+	if _, err := os.Stat(r.pin); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a refused first attach left state behind: %v", err)
+	}
+
+	res := r.attach(t, AttachOptions{Force: true})
+	if res.Action != "attached" || r.xdpProgID(t) == uint32(id) {
+		t.Fatalf("--force: %+v, program %d: want ours attached", res, r.xdpProgID(t))
+	}
+}
+
+
+func TestLiveConfigAndExactCounters(t *testing.T) {
+	r := newRig(t)
+	r.attach(t, AttachOptions{})
+	trusted := netip.MustParseAddr("203.0.113.9")
+	tcp := frame(t, testpkt.TCP(attacker, hostAddr, 40000, 443, nil))
+	custom := frame(t, testpkt.UDP(attacker, hostAddr, 40000, 5353, []byte("x")))
+
+	// 3 requests, 2 TCP, 1 UDP to a port not yet protected.
+	r.send(t, request(t, attacker), request(t, trusted), request(t, attacker), tcp, tcp, custom)
+	r.expectCounters(t, "xdp", map[string]uint64{"drop_request": 3, "pass": 3})
+
+	// Allow one peer: its requests pass as allowlisted, others still drop.
+	r.do(t, func(g *Guard) error { return g.Maps.AllowAdd([]netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}) })
+	r.send(t, request(t, trusted), request(t, attacker))
+	r.expectCounters(t, "xdp", map[string]uint64{"drop_request": 4, "pass": 3, "allowlisted": 1})
+
+	// Remove it again: closed at once.
+	r.do(t, func(g *Guard) error { return g.Maps.AllowDel([]netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}) })
+	r.send(t, request(t, trusted))
+	r.expectCounters(t, "xdp", map[string]uint64{"drop_request": 5, "pass": 3, "allowlisted": 1})
+
+	// Protect another port, live.
+	r.do(t, func(g *Guard) error {
+		return g.Maps.UpdateConfig(func(c *Config) error { c.Ports = append(c.Ports, 5353); return nil })
+	})
+	r.send(t, custom)
+	r.expectCounters(t, "xdp", map[string]uint64{"drop_request": 6, "pass": 3, "allowlisted": 1})
+
+	// Monitor: would_drop instead of drops.
+	r.do(t, func(g *Guard) error {
+		return g.Maps.UpdateConfig(func(c *Config) error { c.Mode = ModeMonitor; return nil })
+	})
+	r.send(t, request(t, attacker), custom)
+	r.expectCounters(t, "xdp", map[string]uint64{"drop_request": 6, "pass": 3, "allowlisted": 1, "would_drop": 2})
+}
+
+// TestUpgradeUnderFloodPassesNothing reloads the programs again and again
+// while attack frames stream in: not one may reach the host's socket.
+func TestUpgradeUnderFloodPassesNothing(t *testing.T) {
+	r := newRig(t)
+	if err := r.host.AddAddr(rigHostIf, hostAddr.String()+"/24"); err != nil {
+		t.Fatal(err)
+	}
+	mac, err := r.host.HardwareAddr(rigHostIf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	attack := request(t, attacker)
+	copy(attack[0:6], mac) // addressed to the host, so a passed frame is delivered
+
+	// The oracle: a socket on the protected port in the host namespace.
+	var delivered atomic.Int64
+	var conn *net.UDPConn
+	err = r.host.Do(func() (err error) {
+		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: hostAddr.AsSlice(), Port: int(testpkt.MemcachedPort)})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := conn.ReadFromUDP(buf); err != nil {
+				return
+			}
+			delivered.Add(1)
+		}
+	}()
+	t.Cleanup(func() { conn.Close(); <-readerDone })
+
+	// Prove the oracle sees frames when nothing filters them.
+	r.send(t, attack)
+	nstest.Eventually(t, 5*time.Second, "an unfiltered request delivered", func() (bool, error) {
+		return delivered.Load() == 1, nil
+	})
+
+	r.attach(t, AttachOptions{Egress: true})
+	var sent atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if r.inj.Send(attack) == nil {
+				sent.Add(1)
+			}
+		}
+	}()
+	const reloads = 20
+	for range reloads {
+		if res := r.attach(t, AttachOptions{Reload: true}); res.Action != "replaced" {
+			t.Fatalf("reload: %+v", res)
+		}
+	}
+	close(stop)
+	wg.Wait()
+
+	n := uint64(sent.Load())
+	r.expectCounters(t, "xdp", map[string]uint64{"drop_request": n})
+	if got := delivered.Load(); got != 1 {
+		t.Fatalf("%d attack datagrams reached the socket during %d reloads under a flood of %d; want none", got-1, reloads, n)
+	}
+	t.Logf("%d reloads under a flood of %d frames: all dropped", reloads, n)
+}
+
+func TestSameInterfaceNameInTwoNamespaces(t *testing.T) {
+	r1, r2 := newRig(t), newRig(t)
+	r1.attach(t, AttachOptions{})
+	r2.attach(t, AttachOptions{})
+	r1.do(t, func(g *Guard) error { return g.Detach(rigHostIf) })
+	if id := r1.xdpProgID(t); id != 0 {
+		t.Errorf("first namespace still has XDP program %d", id)
+	}
+	if id := r2.xdpProgID(t); id == 0 {
+		t.Fatalf("detaching in one namespace detached the other")
+	}
+	r2.send(t, request(t, attacker))
+	r2.expectCounters(t, "xdp", map[string]uint64{"drop_request": 1})
+}
+
+func TestEnsureBPFFSRefusesOtherFilesystems(t *testing.T) {
+	dir := t.TempDir()
+	err := EnsureBPFFS(filepath.Join(dir, "pins"))
+	if !errors.Is(err, ErrNotBPFFS) {
+		t.Fatalf("pin path on %s: %v, want ErrNotBPFFS", dir, err)
+	}
+}

@@ -1,0 +1,128 @@
+package loader
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestParsePrefix(t *testing.T) {
+	for _, tc := range []struct {
+		in, want, err string
+	}{
+		{in: "192.0.2.0/24", want: "192.0.2.0/24"},
+		{in: " 10.0.0.0/8 ", want: "10.0.0.0/8"},
+		{in: "192.0.2.7", want: "192.0.2.7/32"},
+		{in: "2001:db8::/32", want: "2001:db8::/32"},
+		{in: "2001:db8::1", want: "2001:db8::1/128"},
+		{in: "0.0.0.0/0", want: "0.0.0.0/0"},
+		{in: "::ffff:192.0.2.1", want: "192.0.2.1/32"},
+		{in: "10.1.2.3/8", err: `host bits set; did you mean 10.0.0.0/8?`},
+		{in: "2001:db8::1/32", err: "did you mean 2001:db8::/32?"},
+		{in: "10.0.0.0/33", err: `invalid CIDR "10.0.0.0/33"`},
+		{in: "example.com", err: `invalid CIDR "example.com"`},
+		{in: "", err: `invalid CIDR ""`},
+		{in: "::ffff:192.0.2.0/120", err: "IPv4-mapped"},
+		{in: "fe80::1%eth0/128", err: "invalid CIDR"},
+	} {
+		p, err := ParsePrefix(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("ParsePrefix(%q) = %v, %v; want error containing %q", tc.in, p, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || p.String() != tc.want {
+			t.Errorf("ParsePrefix(%q) = %v, %v; want %s", tc.in, p, err, tc.want)
+		}
+	}
+}
+
+func TestParsePrefixesNamesTheLine(t *testing.T) {
+	in := "# trusted peers\n192.0.2.0/24\n\n2001:db8::/48 # lab\n10.1.2.3/8\n"
+	_, err := ParsePrefixes(strings.NewReader(in), "allow.txt")
+	if err == nil || !strings.Contains(err.Error(), "allow.txt:5:") {
+		t.Fatalf("error %v does not name allow.txt:5", err)
+	}
+	ps, err := ParsePrefixes(strings.NewReader(in[:strings.Index(in, "10.1")]), "allow.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("2001:db8::/48")}
+	if !slices.Equal(ps, want) {
+		t.Fatalf("got %v, want %v", ps, want)
+	}
+}
+
+func TestParsePort(t *testing.T) {
+	for in, want := range map[string]uint16{"11211": 11211, "1": 1, "65535": 65535} {
+		if got, err := ParsePort(in); err != nil || got != want {
+			t.Errorf("ParsePort(%q) = %d, %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"0", "65536", "-1", "memcache", "", "11211/udp"} {
+		if _, err := ParsePort(in); err == nil || !strings.Contains(err.Error(), "1 to 65535") {
+			t.Errorf("ParsePort(%q) = %v, want an error naming the range", in, err)
+		}
+	}
+}
+
+func TestParseModesAndPolicies(t *testing.T) {
+	if m, err := ParseMode("MONITOR"); err != nil || m != ModeMonitor {
+		t.Errorf("ParseMode(MONITOR) = %v, %v", m, err)
+	}
+	if _, err := ParseMode("drop"); err == nil || !strings.Contains(err.Error(), "enforce or monitor") {
+		t.Errorf("ParseMode(drop) = %v", err)
+	}
+	if f, err := ParseFragPolicy("strict"); err != nil || f != FragStrict {
+		t.Errorf("ParseFragPolicy(strict) = %v, %v", f, err)
+	}
+	if _, err := ParseFragPolicy("drop"); err == nil {
+		t.Error("ParseFragPolicy(drop) accepted")
+	}
+	if m, err := ParseXDPMode("generic"); err != nil || m != XDPGeneric {
+		t.Errorf("ParseXDPMode(generic) = %v, %v", m, err)
+	}
+	if _, err := ParseXDPMode("offload"); err == nil {
+		t.Error("ParseXDPMode(offload) accepted")
+	}
+	if _, err := ParseTCBackend("ingress"); err == nil {
+		t.Error("ParseTCBackend(ingress) accepted")
+	}
+}
+
+func TestPortBitmapRoundTrip(t *testing.T) {
+	ports := []uint16{1, 63, 64, 11211, 65535}
+	bm := portBitmap(ports)
+	if got := portsFromBitmap(&bm); !slices.Equal(got, ports) {
+		t.Fatalf("round trip: %v, want %v", got, ports)
+	}
+	if bm[11211/64]&(1<<(11211%64)) == 0 {
+		t.Fatal("bit for 11211 not set where the C reads it")
+	}
+}
+
+func TestReasonNames(t *testing.T) {
+	seen := map[string]bool{}
+	for _, r := range Reasons() {
+		name := r.String()
+		if strings.HasPrefix(name, "reason(") || seen[name] {
+			t.Errorf("reason %d has no unique name: %q", r, name)
+		}
+		seen[name] = true
+	}
+	if len(seen) != ReasonCount {
+		t.Fatalf("%d names for %d reasons", len(seen), ReasonCount)
+	}
+}
+
+func TestCountersMapLayout(t *testing.T) {
+	_, s, err := specs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := s.XdpguardStats.MaxEntries, uint32(int(hookCount)*ReasonCount); got != want {
+		t.Fatalf("counters map has %d slots, Go expects hookCount*ReasonCount = %d: enum hook and loader.Hook disagree", got, want)
+	}
+}
