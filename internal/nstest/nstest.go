@@ -24,6 +24,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -440,4 +441,39 @@ func WaitFor(timeout time.Duration, what string, cond func() (bool, error)) erro
 		<-time.After(wait)
 		wait = min(wait*2, 50*time.Millisecond)
 	}
+}
+
+// SetGRO switches generic receive offload on an interface in the namespace.
+// On veth, GRO on gives the receiving end a NAPI ring, as XDP does: frames
+// are then processed in the order they were sent, whichever CPU sent them
+// (with GRO off each sender's CPU backlog is its own queue).
+func (ns *NS) SetGRO(ifname string, on bool) error {
+	const (
+		siocEthtool = 0x8946
+		ethtoolSGRO = 0x2c
+	)
+	val := struct{ cmd, data uint32 }{cmd: ethtoolSGRO}
+	if on {
+		val.data = 1
+	}
+	var ifr struct {
+		name [unix.IFNAMSIZ]byte
+		data unsafe.Pointer
+		_    [16]byte
+	}
+	copy(ifr.name[:], ifname)
+	ifr.data = unsafe.Pointer(&val)
+	return ns.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("socket: %w", err)
+		}
+		defer unix.Close(fd)
+		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), siocEthtool, uintptr(unsafe.Pointer(&ifr)))
+		runtime.KeepAlive(&val)
+		if errno != 0 {
+			return fmt.Errorf("%s: set GRO %v on %s: %w", ns.name, on, ifname, errno)
+		}
+		return nil
+	})
 }
