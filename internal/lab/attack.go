@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/xdpguard/xdpguard/internal/nstest"
-	"github.com/xdpguard/xdpguard/internal/testpkt"
 )
 
 // VictimCounters is what reached the victim: its interface's counters and
@@ -145,7 +144,7 @@ func (l *Lab) SpoofedRequest(fam Addrs, via string, reqID uint16, command string
 	if via == Refl1If {
 		dst = fam.Refl1
 	}
-	frame, err := testpkt.UDP(fam.Victim, dst, VictimPort, MemcachedPort, testpkt.MemcachedPayload(reqID, command)).Frame()
+	frame, err := UDPFrame(fam.Victim, dst, VictimPort, MemcachedPort, MemcachedPayload(reqID, command))
 	if err != nil {
 		return nil, fmt.Errorf("build request: %w", err)
 	}

@@ -73,16 +73,16 @@ const BarrierPort = 40009
 
 // Addresses of one family on the lab's links.
 type Addrs struct {
-	Attacker, RouterAtt     netip.Addr
-	Refl0, RouterRefl0      netip.Addr
-	Refl1, RouterRefl1      netip.Addr
-	Victim, RouterVic       netip.Addr
-	AttNet, Refl0Net        netip.Prefix
-	Refl1Net, VicNet        netip.Prefix
-	Bits                    int
-	DefaultRoute            string
-	loopback                netip.Addr
-	family                  int
+	Attacker, RouterAtt netip.Addr
+	Refl0, RouterRefl0  netip.Addr
+	Refl1, RouterRefl1  netip.Addr
+	Victim, RouterVic   netip.Addr
+	AttNet, Refl0Net    netip.Prefix
+	Refl1Net, VicNet    netip.Prefix
+	Bits                int
+	DefaultRoute        string
+	loopback            netip.Addr
+	family              int
 }
 
 // V4 and V6 are the lab's addresses.
