@@ -20,7 +20,7 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/xdpguard
 
 test: deps
-	$(GO) test -race -count=1 ./...
+	./scripts/test.sh
 
 FUZZTIME ?= 60s
 fuzz: deps

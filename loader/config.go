@@ -2,7 +2,6 @@ package loader
 
 import (
 	"fmt"
-	"slices"
 	"strconv"
 )
 
@@ -48,10 +47,4 @@ func portsFromBitmap(bm *[len(xdpguardConfig{}.Ports)]uint64) []uint16 {
 		}
 	}
 	return ports
-}
-
-func sortedPorts(ports []uint16) []uint16 {
-	out := slices.Clone(ports)
-	slices.Sort(out)
-	return slices.Compact(out)
 }
