@@ -390,7 +390,6 @@ func TestAttachRefusesForeignProgram(t *testing.T) {
 	}
 }
 
-
 func TestLiveConfigAndExactCounters(t *testing.T) {
 	r := newRig(t)
 	r.attach(t, AttachOptions{})
