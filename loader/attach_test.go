@@ -526,3 +526,47 @@ func TestEnsureBPFFSRefusesOtherFilesystems(t *testing.T) {
 		t.Fatalf("pin path on %s: %v, want ErrNotBPFFS", dir, err)
 	}
 }
+
+// TestWritersSerialisedReadersFree: one writer at a time holds the pin path,
+// and a reader (stats --watch) never holds a writer up.
+func TestWritersSerialisedReadersFree(t *testing.T) {
+	r := newRig(t)
+	r.attach(t, AttachOptions{})
+	err := r.host.Do(func() error {
+		reader, err := OpenReadOnly(r.pin)
+		if err != nil {
+			return err
+		}
+		defer reader.Close()
+		w1, err := Open(r.pin, false) // must not wait for the reader
+		if err != nil {
+			return err
+		}
+		second := make(chan error, 1)
+		go func() {
+			w2, err := Open(r.pin, false)
+			if err == nil {
+				w2.Close()
+			}
+			second <- err
+		}()
+		select {
+		case err := <-second:
+			w1.Close()
+			return fmt.Errorf("a second writer got in while the first held the lock (%v)", err)
+		case <-time.After(100 * time.Millisecond):
+			// Still waiting, as it should: the only way to see a
+			// writer blocked is to see it not finish.
+		}
+		w1.Close()
+		select {
+		case err := <-second:
+			return err
+		case <-time.After(5 * time.Second):
+			return errors.New("the second writer never got the lock after the first closed")
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -49,10 +49,21 @@ type Guard struct {
 	created bool
 }
 
-// Open opens the state under pinPath. With create, missing state is made
-// (bpffs mounted if needed, maps created holding DefaultConfig and pinned);
-// without it, missing state is ErrNotSetUp.
-func Open(pinPath string, create bool) (g *Guard, err error) {
+// Open opens the state under pinPath to change it, holding the pin path's
+// lock until Close. With create, missing state is made (bpffs mounted if
+// needed, maps created holding DefaultConfig and pinned); without it,
+// missing state is ErrNotSetUp.
+func Open(pinPath string, create bool) (*Guard, error) {
+	return open(pinPath, create, true)
+}
+
+// OpenReadOnly opens existing state to read it, without the lock, so that a
+// long reader (stats --watch) never holds up an attach or a config change.
+func OpenReadOnly(pinPath string) (*Guard, error) {
+	return open(pinPath, false, false)
+}
+
+func open(pinPath string, create, lock bool) (g *Guard, err error) {
 	if err := CheckPrivileges(); err != nil {
 		return nil, err
 	}
@@ -71,14 +82,16 @@ func Open(pinPath string, create bool) (g *Guard, err error) {
 		}
 	}
 	g = &Guard{pinPath: pinPath}
-	if g.lock, err = lockDir(pinPath); err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			g.lock.Close()
+	if lock {
+		if g.lock, err = lockDir(pinPath); err != nil {
+			return nil, err
 		}
-	}()
+		defer func() {
+			if err != nil {
+				g.lock.Close()
+			}
+		}()
+	}
 	if g.Maps, g.created, err = g.openMaps(create); err != nil {
 		if g.created || !exists {
 			g.removeShared()
@@ -161,7 +174,9 @@ func (g *Guard) Close() error {
 	if g.Maps != nil {
 		errs = append(errs, g.Maps.Close())
 	}
-	errs = append(errs, g.lock.Close())
+	if g.lock != nil {
+		errs = append(errs, g.lock.Close())
+	}
 	return errors.Join(errs...)
 }
 

@@ -88,7 +88,7 @@ nothing. A prefix with host bits set (10.1.2.3/8) is refused.`,
 			}
 			asJSON, _ := fs.GetBool("json")
 			var ps []netip.Prefix
-			err := withConfig(c, false, func(g *loader.Guard) (err error) {
+			err := readConfig(c, func(g *loader.Guard) (err error) {
 				ps, err = g.Maps.AllowList()
 				return err
 			})
@@ -165,12 +165,22 @@ func readPrefixFile(name string) ([]netip.Prefix, error) {
 // configuration may run before any attach (create): the programs then start
 // with it.
 func withConfig(c *cli, create bool, fn func(*loader.Guard) error) error {
-	g, err := c.open(create)
-	if err != nil {
-		return err
+	return withGuard(c.open(create))(fn)
+}
+
+// readConfig is withConfig for commands that only read: no lock is taken.
+func readConfig(c *cli, fn func(*loader.Guard) error) error {
+	return withGuard(c.read())(fn)
+}
+
+func withGuard(g *loader.Guard, err error) func(func(*loader.Guard) error) error {
+	return func(fn func(*loader.Guard) error) error {
+		if err != nil {
+			return err
+		}
+		defer g.Close()
+		return fn(g)
 	}
-	defer g.Close()
-	return fn(g)
 }
 
 var portsCmd = &command{
@@ -258,7 +268,7 @@ adding a port never unprotects another, even for an instant.`,
 // currentConfig is the live config, or the defaults when nothing is set up.
 func currentConfig(c *cli) (loader.Config, error) {
 	var cfg loader.Config
-	err := withConfig(c, false, func(g *loader.Guard) (err error) {
+	err := readConfig(c, func(g *loader.Guard) (err error) {
 		cfg, err = g.Maps.ReadConfig()
 		return err
 	})

@@ -178,7 +178,7 @@ list sizes, fragment policy.`,
 		}
 		asJSON, _ := fs.GetBool("json")
 		rep := statusReport{Attachments: []loader.Attachment{}}
-		g, err := c.open(false)
+		g, err := c.read()
 		switch {
 		case errors.Is(err, loader.ErrNotSetUp):
 			def := loader.DefaultConfig()
@@ -262,7 +262,7 @@ With --watch, prints per-second rates every INTERVAL until interrupted.`,
 		if watch < 0 || (watch > 0 && watch < 10*time.Millisecond) {
 			return usagef("invalid --watch %s: give an interval of 10ms or more, e.g. 1s", watch)
 		}
-		g, err := c.open(false)
+		g, err := c.read()
 		if err != nil {
 			return err
 		}

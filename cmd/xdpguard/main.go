@@ -57,9 +57,14 @@ type cli struct {
 
 func (c *cli) warn(msg string) { fmt.Fprintf(c.stderr, "%s: warning: %s\n", programName, msg) }
 
-// open opens the pinned state; create makes it when missing.
+// open opens the pinned state to change it; create makes it when missing.
 func (c *cli) open(create bool) (*loader.Guard, error) {
 	return loader.Open(c.pinPath, create)
+}
+
+// read opens the pinned state to read it, taking no lock.
+func (c *cli) read() (*loader.Guard, error) {
+	return loader.OpenReadOnly(c.pinPath)
 }
 
 // command is one subcommand: its flags, its help and what it does.
