@@ -233,7 +233,7 @@ type statsReport struct {
 
 var statsCmd = &command{
 	name:    "stats",
-	args:    "[IFACE...] [--json] [--watch INTERVAL]",
+	args:    "[IFACE...] [--json | --prometheus] [--watch INTERVAL]",
 	summary: "packets and bytes per interface, hook and reason",
 	help: `Prints exact counters, summed over CPUs: every packet a program saw is
 counted once, under one reason:
@@ -246,19 +246,28 @@ counted once, under one reason:
   drop_malformed        could be UDP, headers unreadable
   would_drop            monitor mode: would have been dropped
   pass_orphan_fragment  track: a later UDP fragment whose first was never seen
-With --watch, prints per-second rates every INTERVAL until interrupted.`,
+With --watch, prints per-second rates every INTERVAL until interrupted.
+With --prometheus, prints the counters in Prometheus' text format, for
+node_exporter's textfile collector.`,
 	example: `  sudo xdpguard stats
   sudo xdpguard stats eth0 --json
-  sudo xdpguard stats --watch 1s`,
+  sudo xdpguard stats --watch 1s
+  sudo xdpguard stats --prometheus > /var/lib/node_exporter/xdpguard.prom.$$ &&
+    mv /var/lib/node_exporter/xdpguard.prom.$$ /var/lib/node_exporter/xdpguard.prom`,
 	flags: func(fs *pflag.FlagSet) {
 		fs.Bool("json", false, "print JSON")
+		fs.Bool("prometheus", false, "print Prometheus text format (counters)")
 		fs.Duration("watch", 0, "print per-second rates every INTERVAL (e.g. 1s)")
 		fs.Int("count", 0, "with --watch: stop after this many samples (0: until interrupted)")
 	},
 	run: func(c *cli, fs *pflag.FlagSet, args []string) error {
 		asJSON, _ := fs.GetBool("json")
+		prom, _ := fs.GetBool("prometheus")
 		watch, _ := fs.GetDuration("watch")
 		count, _ := fs.GetInt("count")
+		if prom && (asJSON || watch > 0) {
+			return usagef("--prometheus prints totals once: leave out --json and --watch")
+		}
 		if watch < 0 || (watch > 0 && watch < 10*time.Millisecond) {
 			return usagef("invalid --watch %s: give an interval of 10ms or more, e.g. 1s", watch)
 		}
@@ -272,8 +281,12 @@ With --watch, prints per-second rates every INTERVAL until interrupted.`,
 			if err != nil {
 				return err
 			}
-			if asJSON {
+			switch {
+			case asJSON:
 				return writeJSON(c.stdout, statsReport{Interfaces: nonNil(st)})
+			case prom:
+				printPrometheus(c.stdout, st)
+				return nil
 			}
 			printStats(c.stdout, st)
 			return nil

@@ -272,3 +272,22 @@ func TestCLIInNamespace(t *testing.T) {
 		t.Fatalf("status after detach: %q", out)
 	}
 }
+
+func TestPrintPrometheus(t *testing.T) {
+	var b bytes.Buffer
+	printPrometheus(&b, []loader.InterfaceStats{{Interface: `we"ird`, Hook: "xdp", Counters: map[string]loader.Counter{"drop_response": {Packets: 3, Bytes: 4200}}}})
+	out := b.String()
+	for _, want := range []string{
+		"# TYPE xdpguard_packets_total counter\n",
+		`xdpguard_packets_total{interface="we\"ird",hook="xdp",reason="drop_response"} 3` + "\n",
+		`xdpguard_bytes_total{interface="we\"ird",hook="xdp",reason="drop_response"} 4200` + "\n",
+		`xdpguard_packets_total{interface="we\"ird",hook="xdp",reason="pass"} 0` + "\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q in:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(out, "\n"); n != 4+2*loader.ReasonCount {
+		t.Errorf("%d lines, want 2 metrics x (2 comments + %d reasons)", n, loader.ReasonCount)
+	}
+}

@@ -67,3 +67,27 @@ func printStats(w io.Writer, st []loader.InterfaceStats) {
 	}
 	tw.Flush()
 }
+
+// printPrometheus writes counters in Prometheus' text exposition format.
+func printPrometheus(w io.Writer, st []loader.InterfaceStats) {
+	for _, m := range []struct {
+		name, help string
+		value      func(loader.Counter) uint64
+	}{
+		{"xdpguard_packets_total", "Packets seen by xdpguard, by interface, hook and reason.", func(c loader.Counter) uint64 { return c.Packets }},
+		{"xdpguard_bytes_total", "Bytes seen by xdpguard, by interface, hook and reason.", func(c loader.Counter) uint64 { return c.Bytes }},
+	} {
+		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s counter\n", m.name, m.help, m.name)
+		for _, s := range st {
+			for _, r := range loader.Reasons() {
+				fmt.Fprintf(w, "%s{interface=\"%s\",hook=\"%s\",reason=\"%s\"} %d\n",
+					m.name, promEscape(s.Interface), s.Hook, r, m.value(s.Counters[r.String()]))
+			}
+		}
+	}
+}
+
+// promEscape escapes a label value: interface names may hold a quote.
+func promEscape(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s)
+}
