@@ -1,0 +1,138 @@
+package loader
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/xdpguard/xdpguard/internal/model"
+)
+
+// The config byte of a fuzz input:
+//
+//	bit 0     monitor mode
+//	bit 1     strict fragment policy
+//	bits 2-3  protected ports: fuzzPorts
+//	bits 4-5  allow list: none, IPv4, IPv6, both (fuzzAllow4, fuzzAllow6)
+//	bit 6     frame A runs at TC (egress), else at XDP (ingress)
+//	bit 7     frame B runs at the other hook: the fragment table is shared
+var fuzzPorts = [4][]uint16{{DefaultPort}, {53}, {53, 123, DefaultPort}, {1, 65535}}
+
+// The allow lists nest prefixes of several lengths around the addresses the
+// table uses, plus a short prefix so that random addresses hit them too.
+var (
+	fuzzAllow4 = prefixes("203.0.0.0/8", "203.0.113.0/24", "192.0.2.10/32", "64.0.0.0/2")
+	fuzzAllow6 = prefixes("2001:db9::/32", "2001:db9:1:2::/64", "2001:db8::10/128", "4000::/2")
+)
+
+func prefixes(ss ...string) []netip.Prefix {
+	out := make([]netip.Prefix, len(ss))
+	for i, s := range ss {
+		out[i] = netip.MustParsePrefix(s)
+	}
+	return out
+}
+
+func fuzzConfig(c byte) (pol policy, hookA, hookB Hook) {
+	if c&1 != 0 {
+		pol.mode = ModeMonitor
+	}
+	if c&2 != 0 {
+		pol.frag = FragStrict
+	}
+	pol.ports = fuzzPorts[c>>2&3]
+	switch c >> 4 & 3 {
+	case 1:
+		pol.allow = fuzzAllow4
+	case 2:
+		pol.allow = fuzzAllow6
+	case 3:
+		pol.allow = append(append([]netip.Prefix(nil), fuzzAllow4...), fuzzAllow6...)
+	}
+	hookA = HookXDP
+	if c&0x40 != 0 {
+		hookA = HookTC
+	}
+	hookB = hookA
+	if c&0x80 != 0 {
+		hookB = 1 - hookA
+	}
+	return pol, hookA, hookB
+}
+
+// seedConfig maps a table case's policy to the nearest config byte.
+func seedConfig(p policy, hook Hook) byte {
+	var c byte
+	if p.mode == ModeMonitor {
+		c |= 1
+	}
+	if p.frag == FragStrict {
+		c |= 2
+	}
+	switch {
+	case len(p.ports) == 1 && p.ports[0] == 53:
+		c |= 1 << 2
+	case len(p.ports) == 2 && p.ports[0] == 53:
+		c |= 2 << 2
+	case len(p.ports) == 2 && p.ports[0] == 1:
+		c |= 3 << 2
+	}
+	for _, a := range p.allow {
+		if a.Addr().Is4() {
+			c |= 1 << 4
+		} else {
+			c |= 2 << 4
+		}
+	}
+	if hook == HookTC {
+		c |= 0x40
+	}
+	return c
+}
+
+// FuzzDifferential runs two frames through a kernel program and through the
+// model, with a fresh fragment table, and fails on any disagreement in
+// verdict or reason.
+func FuzzDifferential(f *testing.F) {
+	for _, c := range dataplaneCases() {
+		for _, hook := range []Hook{HookXDP, HookTC} {
+			cfg := seedConfig(c.pol, hook)
+			if len(c.steps) == 1 {
+				f.Add(c.steps[0].frame, c.steps[0].frame, cfg)
+			}
+			for i := 0; i+1 < len(c.steps); i++ {
+				f.Add(c.steps[i].frame, c.steps[i+1].frame, cfg)
+			}
+		}
+	}
+	h := newHarness(f)
+	f.Fuzz(func(t *testing.T, a, b []byte, c byte) {
+		pol, hookA, hookB := fuzzConfig(c)
+		if !testRunTakes(hookA, a) || !testRunTakes(hookB, b) {
+			t.Skip("a frame the kernel's test run cannot take")
+		}
+		if err := h.configure(pol); err != nil {
+			t.Fatal(err)
+		}
+		mod := model.New(pol.model())
+		var log strings.Builder
+		fmt.Fprintf(&log, "config byte %#02x: %s\n", c, pol)
+		for i, in := range []struct {
+			hook  Hook
+			frame []byte
+		}{{hookA, a}, {hookB, b}} {
+			ret, got, err := h.run(in.hook, in.frame, true)
+			mr := mod.Classify(in.frame, modelHook(in.hook))
+			fmt.Fprintf(&log, "frame %c at %s: kernel %s (ret %#x), model %s\n  parsed: %s\n  bytes: %s\n",
+				'A'+i, in.hook, got, ret, mr.Reason, mr.Parse, dump(in.frame))
+			if err != nil {
+				t.Fatalf("%v\n%s", err, log.String())
+			}
+			if got.String() != mr.Reason.String() || ret != wantRet(in.hook, got) ||
+				got.Dropped() != (mr.Verdict == model.VerdictDrop) {
+				t.Fatalf("kernel and model disagree on frame %c\n%s", 'A'+i, log.String())
+			}
+		}
+	})
+}
