@@ -291,3 +291,25 @@ func TestPrintPrometheus(t *testing.T) {
 		t.Errorf("%d lines, want 2 metrics x (2 comments + %d reasons)", n, loader.ReasonCount)
 	}
 }
+
+// TestMountsMissingBPFFS runs the CLI in a private mount namespace without
+// bpffs at /sys/fs/bpf: it must mount one, as the README says.
+func TestMountsMissingBPFFS(t *testing.T) {
+	nstest.RequireRoot(t)
+	bin := filepath.Join(t.TempDir(), "xdpguard")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	script := `set -e
+while mountpoint -q /sys/fs/bpf; do umount /sys/fs/bpf; done
+if mountpoint -q /sys/fs/bpf; then echo "could not unmount"; exit 3; fi
+"$1" --pin-path /sys/fs/bpf/xgmount check >/dev/null
+stat -f -c %T /sys/fs/bpf`
+	out, err := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", bin).CombinedOutput()
+	if err != nil {
+		t.Fatalf("check without bpffs: %v\n%s", err, out)
+	}
+	if got := strings.TrimSpace(string(out)); got != "bpf_fs" {
+		t.Fatalf("/sys/fs/bpf after check is %q, want bpf_fs", got)
+	}
+}
