@@ -278,6 +278,36 @@ func currentConfig(c *cli) (loader.Config, error) {
 	return cfg, err
 }
 
+// settingRun is the run of a command that prints one setting with no
+// argument and sets it with one: parse checks the argument and returns a
+// function applying it to the config; show reads it back.
+func settingRun(name, choices string, parse func(string) (func(*loader.Config), fmt.Stringer, error), show func(loader.Config) fmt.Stringer) func(*cli, *pflag.FlagSet, []string) error {
+	return func(c *cli, fs *pflag.FlagSet, args []string) error {
+		switch len(args) {
+		case 0:
+			cfg, err := currentConfig(c)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(c.stdout, show(cfg))
+			return nil
+		case 1:
+			apply, v, err := parse(args[0])
+			if err != nil {
+				return usageError{err.Error()}
+			}
+			return withConfig(c, true, func(g *loader.Guard) error {
+				if err := g.Maps.UpdateConfig(func(cfg *loader.Config) error { apply(cfg); return nil }); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.stdout, "%s %s\n", name, v)
+				return nil
+			})
+		}
+		return usagef("%s takes at most one argument: %s", name, choices)
+	}
+}
+
 var modeCmd = &command{
 	name:    "mode",
 	args:    "[enforce|monitor]",
@@ -287,30 +317,12 @@ monitor passes it and counts it as would_drop. The mode is host-wide: it
 applies to every attached interface at once.`,
 	example: `  sudo xdpguard mode monitor
   sudo xdpguard mode`,
-	run: func(c *cli, fs *pflag.FlagSet, args []string) error {
-		switch len(args) {
-		case 0:
-			cfg, err := currentConfig(c)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(c.stdout, cfg.Mode)
-			return nil
-		case 1:
-			m, err := loader.ParseMode(args[0])
-			if err != nil {
-				return usageError{err.Error()}
-			}
-			return withConfig(c, true, func(g *loader.Guard) error {
-				if err := g.Maps.UpdateConfig(func(cfg *loader.Config) error { cfg.Mode = m; return nil }); err != nil {
-					return err
-				}
-				fmt.Fprintf(c.stdout, "mode %s\n", m)
-				return nil
-			})
-		}
-		return usagef("mode takes at most one argument: enforce or monitor")
-	},
+	run: settingRun("mode", "enforce or monitor",
+		func(s string) (func(*loader.Config), fmt.Stringer, error) {
+			m, err := loader.ParseMode(s)
+			return func(cfg *loader.Config) { cfg.Mode = m }, m, err
+		},
+		func(cfg loader.Config) fmt.Stringer { return cfg.Mode }),
 }
 
 var fragmentsCmd = &command{
@@ -328,28 +340,10 @@ fragment was crafted):
 With no argument, prints the policy.`,
 	example: `  sudo xdpguard fragments strict
   sudo xdpguard fragments`,
-	run: func(c *cli, fs *pflag.FlagSet, args []string) error {
-		switch len(args) {
-		case 0:
-			cfg, err := currentConfig(c)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(c.stdout, cfg.FragPolicy)
-			return nil
-		case 1:
-			p, err := loader.ParseFragPolicy(args[0])
-			if err != nil {
-				return usageError{err.Error()}
-			}
-			return withConfig(c, true, func(g *loader.Guard) error {
-				if err := g.Maps.UpdateConfig(func(cfg *loader.Config) error { cfg.FragPolicy = p; return nil }); err != nil {
-					return err
-				}
-				fmt.Fprintf(c.stdout, "fragments %s\n", p)
-				return nil
-			})
-		}
-		return usagef("fragments takes at most one argument: track or strict")
-	},
+	run: settingRun("fragments", "track or strict",
+		func(s string) (func(*loader.Config), fmt.Stringer, error) {
+			p, err := loader.ParseFragPolicy(s)
+			return func(cfg *loader.Config) { cfg.FragPolicy = p }, p, err
+		},
+		func(cfg loader.Config) fmt.Stringer { return cfg.FragPolicy }),
 }
