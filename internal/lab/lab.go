@@ -369,10 +369,10 @@ func logFile(prefix string) string { return filepath.Join(StateDir, prefix+".mem
 func (l *Lab) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "lab %s:\n", l.Prefix)
-	fmt.Fprintf(&b, "  %-12s %-8s %s, %s\n", l.Attacker.Name(), AttackerIf, V4.Attacker, V6.Attacker)
-	fmt.Fprintf(&b, "  %-12s %-8s %s, %s (memcached :%d tcp+udp; protected link)\n", l.Reflector.Name(), Refl0If, V4.Refl0, V6.Refl0, MemcachedPort)
-	fmt.Fprintf(&b, "  %-12s %-8s %s, %s (unfiltered path, answers leave via %s)\n", "", Refl1If, V4.Refl1, V6.Refl1, Refl0If)
-	fmt.Fprintf(&b, "  %-12s %-8s %s, %s (link MTU %d, IPv4 path MTU %d)\n", l.Victim.Name(), VictimIf, V4.Victim, V6.Victim, VictimLinkMTU, VictimPathMTU4)
-	fmt.Fprintf(&b, "  %-12s forwards between them, rp_filter off\n", l.Router.Name())
+	fmt.Fprintf(&b, "  %-13s %-8s %s, %s\n", l.Attacker.Name(), AttackerIf, V4.Attacker, V6.Attacker)
+	fmt.Fprintf(&b, "  %-13s %-8s %s, %s (memcached :%d tcp+udp; protected link)\n", l.Reflector.Name(), Refl0If, V4.Refl0, V6.Refl0, MemcachedPort)
+	fmt.Fprintf(&b, "  %-13s %-8s %s, %s (unfiltered path, answers leave via %s)\n", "", Refl1If, V4.Refl1, V6.Refl1, Refl0If)
+	fmt.Fprintf(&b, "  %-13s %-8s %s, %s (link MTU %d, IPv4 path MTU %d)\n", l.Victim.Name(), VictimIf, V4.Victim, V6.Victim, VictimLinkMTU, VictimPathMTU4)
+	fmt.Fprintf(&b, "  %-13s forwards between them, rp_filter off\n", l.Router.Name())
 	return b.String()
 }
