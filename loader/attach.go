@@ -3,6 +3,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,14 +85,30 @@ type AttachResult struct {
 // failpoint lets tests fail an attach at a named step to prove rollback.
 var failpoint = func(step string) error { return nil }
 
-// undo collects what to take back if a multi-step change fails.
-type undo []func()
+// txn is a multi-step change: what to take back if it fails, and the
+// descriptors to close when it is over. One end step does both, in that
+// order: a rollback detaches links through descriptors still open.
+type txn struct {
+	undo    []func()
+	closers []io.Closer
+}
 
-func (u *undo) push(f func()) { *u = append(*u, f) }
+// onFail registers a step that takes back one thing the change made.
+func (t *txn) onFail(f func()) { t.undo = append(t.undo, f) }
 
-func (u undo) run() {
-	for i := len(u) - 1; i >= 0; i-- {
-		u[i]()
+// closeAtEnd registers a descriptor to close once the change is over; pins
+// and links hold in the kernel what must live on.
+func (t *txn) closeAtEnd(c io.Closer) { t.closers = append(t.closers, c) }
+
+// end takes everything back, newest first, if err is set, then closes.
+func (t *txn) end(err error) {
+	if err != nil {
+		for i := len(t.undo) - 1; i >= 0; i-- {
+			t.undo[i]()
+		}
+	}
+	for _, c := range t.closers {
+		c.Close()
 	}
 }
 
@@ -146,22 +163,18 @@ func (g *Guard) Attach(name string, opts AttachOptions) (res AttachResult, err e
 		return res, err
 	}
 
-	var u undo
-	defer func() {
-		if err != nil {
-			u.run()
-		}
-	}()
+	var t txn
+	defer func() { t.end(err) }()
 	if err := os.MkdirAll(dir, sharedPinMode); err != nil {
 		return res, fmt.Errorf("create %s: %w", dir, err)
 	}
-	u.push(func() { os.RemoveAll(dir) })
+	t.onFail(func() { os.RemoveAll(dir) })
 
 	dp, err := LoadDataplane(g.Maps, nil)
 	if err != nil {
 		return res, err
 	}
-	defer dp.Close() // the pins and links hold what must live on
+	t.closeAtEnd(dp)
 
 	if err := dp.Stats.Pin(filepath.Join(dir, pinStats)); err != nil {
 		return res, fmt.Errorf("pin counters: %w", err)
@@ -174,19 +187,21 @@ func (g *Guard) Attach(name string, opts AttachOptions) (res AttachResult, err e
 	if err != nil {
 		return res, err
 	}
-	u.push(func() { xl.Close() })
-	defer xl.Close()
+	t.closeAtEnd(xl)
+	// Detach, not only close: the kernel frees a closed link later, from
+	// a work queue, and a rollback must be over when it returns.
+	t.onFail(func() { xl.Detach() })
 	res.Mode = mode
 	if err := xl.Pin(filepath.Join(dir, pinXDPLink)); err != nil {
 		return res, fmt.Errorf("pin XDP link: %w", err)
 	}
-	u.push(func() { xl.Unpin() })
+	t.onFail(func() { xl.Unpin() })
 	if err := failpoint("xdp"); err != nil {
 		return res, err
 	}
 
 	if opts.Egress {
-		backend, err := g.attachTC(l, dir, dp.TC, opts.TCBackend, &u)
+		backend, err := g.attachTC(l, dir, dp.TC, opts.TCBackend, &t)
 		if err != nil {
 			return res, err
 		}
@@ -217,22 +232,11 @@ func refuseForeign(l netlink.Link, opts AttachOptions) error {
 		return fmt.Errorf("%w on %s: program id %d, name %q: remove it (ip link set dev %s xdp off) or attach with --force to replace it",
 			ErrForeignProgram, l.Attrs().Name, x.ProgId, progName, l.Attrs().Name)
 	}
-	// Held by a bpf_link? Then detach that link; else it was set via netlink.
-	it := new(link.Iterator)
-	defer it.Close()
-	for it.Next() {
-		lk := it.Take()
-		info, err := lk.Info()
-		if err == nil && info.Type == link.XDPType && info.XDP() != nil && int(info.XDP().Ifindex) == l.Attrs().Index {
-			err := lk.Detach()
-			lk.Close()
-			if err != nil {
-				return fmt.Errorf("detach the XDP link holding program %d: %w", x.ProgId, err)
-			}
-			return nil
-		}
-		lk.Close()
-	}
+	// Set through netlink (most tools): netlink removes it. Held by a
+	// bpf_link: the kernel refuses that (EBUSY), and the link must be
+	// detached. Links name an ifindex but no namespace, and ifindexes
+	// repeat across namespaces, so a link counts only if it holds this
+	// very program too.
 	flags := 0
 	switch x.AttachMode {
 	case nl.XDP_ATTACHED_SKB:
@@ -240,10 +244,68 @@ func refuseForeign(l netlink.Link, opts AttachOptions) error {
 	case nl.XDP_ATTACHED_DRV:
 		flags = unix.XDP_FLAGS_DRV_MODE
 	}
-	if err := netlink.LinkSetXdpFdWithFlags(l, -1, flags); err != nil {
+	err := netlink.LinkSetXdpFdWithFlags(l, -1, flags)
+	if err != nil && !errors.Is(err, unix.EBUSY) {
 		return fmt.Errorf("remove XDP program %d: %w", x.ProgId, err)
 	}
+	if err != nil {
+		if err := detachLinkOf(ebpf.ProgramID(x.ProgId), l.Attrs().Index); err != nil {
+			return err
+		}
+	}
+	now, err := netlink.LinkByIndex(l.Attrs().Index)
+	if err != nil {
+		return fmt.Errorf("re-read %s: %w", l.Attrs().Name, err)
+	}
+	if x := now.Attrs().Xdp; x != nil && x.Attached {
+		return fmt.Errorf("XDP program %d is still attached to %s after removal: remove it by hand", x.ProgId, l.Attrs().Name)
+	}
 	return nil
+}
+
+// detachLinkOf detaches the XDP bpf_link holding prog on ifindex. Link
+// info names no namespace, so if several links hold prog on that ifindex
+// (one program linked in several namespaces), the one that is ours cannot
+// be told apart, and nothing is detached.
+func detachLinkOf(prog ebpf.ProgramID, ifindex int) error {
+	it := new(link.Iterator)
+	defer it.Close()
+	var found []link.Link
+	defer func() {
+		for _, lk := range found {
+			lk.Close()
+		}
+	}()
+	for it.Next() {
+		lk := it.Take()
+		info, err := lk.Info()
+		if err == nil && info.Type == link.XDPType && info.Program == prog &&
+			info.XDP() != nil && int(info.XDP().Ifindex) == ifindex {
+			found = append(found, lk)
+			continue
+		}
+		lk.Close()
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list BPF links: %w", err)
+	}
+	switch len(found) {
+	case 0:
+		return fmt.Errorf("no BPF link holds XDP program %d on ifindex %d", prog, ifindex)
+	case 1:
+		if err := found[0].Detach(); err != nil {
+			return fmt.Errorf("detach the XDP link holding program %d: %w", prog, err)
+		}
+		return nil
+	}
+	var ids []string
+	for _, lk := range found {
+		if info, err := lk.Info(); err == nil {
+			ids = append(ids, fmt.Sprint(info.ID))
+		}
+	}
+	return fmt.Errorf("%w: program %d is held by %d BPF links on ifindex %d in different namespaces (link ids %s) and xdpguard cannot tell which is this one's: detach it with its owner, or bpftool link detach id ID",
+		ErrForeignProgram, prog, len(found), ifindex, strings.Join(ids, ", "))
 }
 
 func attachXDP(l netlink.Link, prog *ebpf.Program, opts AttachOptions) (link.Link, XDPMode, error) {
@@ -341,10 +403,10 @@ func (g *Guard) reattach(l netlink.Link, dir string, opts AttachOptions, res Att
 		res.Action = "replaced"
 	}
 	if needTC {
-		var u undo
-		backend, err := g.attachTC(l, dir, dp.TC, opts.TCBackend, &u)
+		var t txn
+		backend, err := g.attachTC(l, dir, dp.TC, opts.TCBackend, &t)
+		t.end(err)
 		if err != nil {
-			u.run()
 			return res, err
 		}
 		res.Egress = string(backend)

@@ -570,3 +570,82 @@ func TestWritersSerialisedReadersFree(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestForceOverLinkedPrograms: --force detaches a foreign program held by a
+// bpf_link, and never one in another namespace: links name an ifindex, not a
+// namespace, and ifindexes repeat across namespaces.
+func TestForceOverLinkedPrograms(t *testing.T) {
+	newProg := func() *ebpf.Program {
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+			Name: "not_xdpguard", Type: ebpf.XDP, License: "GPL",
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { prog.Close() })
+		return prog
+	}
+	linkTo := func(r *rig, prog *ebpf.Program) {
+		idx := r.hostLink(t).Attrs().Index
+		err := r.host.Do(func() error {
+			l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: idx})
+			if err == nil {
+				t.Cleanup(func() { l.Close() })
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	idOf := func(p *ebpf.Program) uint32 {
+		info, _ := p.Info()
+		id, _ := info.ID()
+		return uint32(id)
+	}
+	forceAttach := func(r *rig) error {
+		return r.host.Do(func() error {
+			g, err := Open(r.pin, true)
+			if err != nil {
+				return err
+			}
+			defer g.Close()
+			_, err = g.Attach(rigHostIf, AttachOptions{Force: true})
+			return err
+		})
+	}
+
+	t.Run("distinct programs", func(t *testing.T) {
+		r1, r2 := newRig(t), newRig(t)
+		if a, b := r1.hostLink(t).Attrs().Index, r2.hostLink(t).Attrs().Index; a != b {
+			t.Fatalf("ifindexes %d and %d; the test needs them equal", a, b)
+		}
+		p1, p2 := newProg(), newProg()
+		linkTo(r2, p2) // first, so a search by ifindex alone would find it
+		linkTo(r1, p1)
+		if err := forceAttach(r1); err != nil {
+			t.Fatal(err)
+		}
+		if r1.xdpProgID(t) == idOf(p1) {
+			t.Fatal("--force left the foreign program attached")
+		}
+		if got := r2.xdpProgID(t); got != idOf(p2) {
+			t.Fatalf("--force in one namespace changed another's program: %d, want %d", got, idOf(p2))
+		}
+	})
+
+	t.Run("one program in two namespaces", func(t *testing.T) {
+		r1, r2 := newRig(t), newRig(t)
+		p := newProg()
+		linkTo(r2, p)
+		linkTo(r1, p)
+		err := forceAttach(r1)
+		if !errors.Is(err, ErrForeignProgram) || !strings.Contains(err.Error(), "bpftool link detach") {
+			t.Fatalf("--force with two indistinguishable links: %v, want a refusal that says what to do", err)
+		}
+		if r1.xdpProgID(t) != idOf(p) || r2.xdpProgID(t) != idOf(p) {
+			t.Fatalf("a refused --force changed a program: %d, %d, want %d on both", r1.xdpProgID(t), r2.xdpProgID(t), idOf(p))
+		}
+	})
+}

@@ -20,9 +20,9 @@ const (
 	legacyTCName     = "xdpguard_tc"
 )
 
-// attachTC attaches the egress program and pins what holds it, pushing the
-// steps to take back onto u.
-func (g *Guard) attachTC(l netlink.Link, dir string, prog *ebpf.Program, backend TCBackend, u *undo) (TCBackend, error) {
+// attachTC attaches the egress program and pins what holds it, as part of
+// the change t.
+func (g *Guard) attachTC(l netlink.Link, dir string, prog *ebpf.Program, backend TCBackend, t *txn) (TCBackend, error) {
 	if backend != TCLegacy {
 		tl, err := link.AttachTCX(link.TCXOptions{
 			Interface: l.Attrs().Index,
@@ -30,12 +30,12 @@ func (g *Guard) attachTC(l netlink.Link, dir string, prog *ebpf.Program, backend
 			Attach:    ebpf.AttachTCXEgress,
 		})
 		if err == nil {
-			defer tl.Close()
-			u.push(func() { tl.Close() })
+			t.closeAtEnd(tl)
+			t.onFail(func() { tl.Detach() }) // synchronous, unlike Close
 			if err := tl.Pin(filepath.Join(dir, pinTCLink)); err != nil {
 				return "", fmt.Errorf("pin TC link: %w", err)
 			}
-			u.push(func() { tl.Unpin() })
+			t.onFail(func() { tl.Unpin() })
 			if err := failpoint("tc"); err != nil {
 				return "", err
 			}
@@ -50,12 +50,12 @@ func (g *Guard) attachTC(l netlink.Link, dir string, prog *ebpf.Program, backend
 		return "", err
 	}
 	if made {
-		u.push(func() { delClsact(l) })
+		t.onFail(func() { delClsact(l) })
 	}
 	if err := netlink.FilterReplace(legacyFilter(l.Attrs().Index, prog.FD())); err != nil {
 		return "", fmt.Errorf("add cls_bpf egress filter: %w", err)
 	}
-	u.push(func() { netlink.FilterDel(legacyFilter(l.Attrs().Index, -1)) })
+	t.onFail(func() { netlink.FilterDel(legacyFilter(l.Attrs().Index, -1)) })
 	legacy := filepath.Join(dir, tcLegacyDir)
 	if err := os.Mkdir(legacy, sharedPinMode); err != nil {
 		return "", fmt.Errorf("record legacy TC: %w", err)
