@@ -359,7 +359,12 @@ func Veth(t testing.TB, a *NS, aName string, b *NS, bName string, mtu int) {
 
 // VethPair is Veth returning an error, for callers outside tests.
 func VethPair(a *NS, aName string, b *NS, bName string, mtu int) error {
-	v := netlink.NewVeth(netlink.LinkAttrs{Name: aName, MTU: mtu})
+	// One queue each way. A veth end with more TX queues than its peer has
+	// RX queues hands the peer skbs on queues the peer has no NAPI ring for,
+	// and the peer takes those in without running its native XDP program:
+	// an XDP test would pass or fail with the sending CPU's flow hash.
+	v := netlink.NewVeth(netlink.LinkAttrs{Name: aName, MTU: mtu, NumTxQueues: 1, NumRxQueues: 1})
+	v.PeerNumTxQueues, v.PeerNumRxQueues = 1, 1
 	v.PeerName = bName
 	v.PeerMTU = uint32(mtu)
 	v.PeerNamespace = netlink.NsFd(int(b.handle))
