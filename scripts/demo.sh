@@ -36,7 +36,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-bold=$(tput bold 2>/dev/null || true) norm=$(tput sgr0 2>/dev/null || true)
+# Headings in bold on a terminal only: logs (CI) get plain text.
+bold="" norm=""
+if [[ -t 1 ]]; then bold=$(tput bold 2>/dev/null || true) norm=$(tput sgr0 2>/dev/null || true); fi
 heading() { printf '\n%s== %s ==%s\n' "$bold" "$*" "$norm"; }
 in_ns() { local ns=$1; shift; nsenter --net="/run/netns/$PREFIX-$ns" "$@"; }
 lab() { "$tmp/xglab" --prefix "$PREFIX" "$@"; }
