@@ -649,3 +649,60 @@ func TestForceOverLinkedPrograms(t *testing.T) {
 		}
 	})
 }
+
+// TestAutoFallsBackToGeneric: a bridge has no native XDP; auto mode attaches
+// in generic mode and warns, naming the driver; native mode refuses.
+func TestAutoFallsBackToGeneric(t *testing.T) {
+	r := newRig(t)
+	err := r.host.Do(func() error {
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "xgbr0"}}
+		if err := netlink.LinkAdd(br); err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(br)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var warnings []string
+	var res AttachResult
+	var nativeErr error
+	r.do(t, func(g *Guard) (err error) {
+		_, nativeErr = g.Attach("xgbr0", AttachOptions{Mode: XDPNative})
+		res, err = g.Attach("xgbr0", AttachOptions{Warn: func(w string) { warnings = append(warnings, w) }})
+		return err
+	})
+	if nativeErr == nil || !strings.Contains(nativeErr.Error(), "driver bridge") || !strings.Contains(nativeErr.Error(), "--mode generic") {
+		t.Errorf("native on a bridge: %v, want an error naming the driver and the fix", nativeErr)
+	}
+	if res.Mode != XDPGeneric {
+		t.Fatalf("auto on a bridge attached in %q mode, want generic", res.Mode)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "driver bridge") || !strings.Contains(warnings[0], "generic mode") {
+		t.Fatalf("warnings %q, want one naming the driver and generic mode", warnings)
+	}
+	var atts []Attachment
+	r.do(t, func(g *Guard) (err error) {
+		atts, err = g.Attachments()
+		return err
+	})
+	if len(atts) != 1 || atts[0].Mode != "generic" {
+		t.Fatalf("status: %+v, want xgbr0 in generic mode", atts)
+	}
+}
+
+func TestLoadFailureShowsVerifierLog(t *testing.T) {
+	nstest.RequireRoot(t)
+	// Returns without setting R0: the verifier refuses, and says so.
+	_, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Return()},
+	})
+	if err == nil {
+		t.Fatal("the verifier accepted a program that never sets R0")
+	}
+	msg := verifierError(err).Error()
+	if !strings.Contains(msg, "load BPF programs") || !strings.Contains(msg, "R0 !read_ok") || !strings.Contains(msg, "0: (95) exit") {
+		t.Fatalf("the error does not carry the verifier's log:\n%s", msg)
+	}
+}
