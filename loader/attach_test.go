@@ -86,13 +86,27 @@ func (r *rig) do(t *testing.T, fn func(g *Guard) error) {
 	}
 }
 
-func (r *rig) attach(t *testing.T, opts AttachOptions) AttachResult {
-	t.Helper()
+// tryAttach attaches name in the host namespace, creating state if needed.
+func (r *rig) tryAttach(name string, opts AttachOptions) (AttachResult, error) {
 	var res AttachResult
-	r.do(t, func(g *Guard) (err error) {
-		res, err = g.Attach(rigHostIf, opts)
+	err := r.host.Do(func() error {
+		g, err := Open(r.pin, true)
+		if err != nil {
+			return err
+		}
+		defer g.Close()
+		res, err = g.Attach(name, opts)
 		return err
 	})
+	return res, err
+}
+
+func (r *rig) attach(t *testing.T, opts AttachOptions) AttachResult {
+	t.Helper()
+	res, err := r.tryAttach(rigHostIf, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return res
 }
 
@@ -217,15 +231,7 @@ func TestAttachIdempotentUpgradeDetach(t *testing.T) {
 	r.expectCounters(t, "xdp", map[string]uint64{"drop_request": 2})
 
 	// A mode change is refused rather than done with a gap.
-	err := r.host.Do(func() error {
-		g, err := Open(r.pin, false)
-		if err != nil {
-			return err
-		}
-		defer g.Close()
-		_, err = g.Attach(rigHostIf, AttachOptions{Mode: XDPGeneric})
-		return err
-	})
+	_, err := r.tryAttach(rigHostIf, AttachOptions{Mode: XDPGeneric})
 	if !errors.Is(err, ErrModeMismatch) {
 		t.Fatalf("attach --mode generic over native: %v, want ErrModeMismatch", err)
 	}
@@ -255,15 +261,7 @@ func TestAttachRollsBack(t *testing.T) {
 			}
 			t.Cleanup(func() { failpoint = func(string) error { return nil } })
 
-			err := r.host.Do(func() error {
-				g, err := Open(r.pin, true)
-				if err != nil {
-					return err
-				}
-				defer g.Close()
-				_, err = g.Attach(rigHostIf, AttachOptions{Egress: true})
-				return err
-			})
+			_, err := r.tryAttach(rigHostIf, AttachOptions{Egress: true})
 			if !errors.Is(err, injected) {
 				t.Fatalf("attach: %v, want the injected failure", err)
 			}
@@ -362,15 +360,7 @@ func TestAttachRefusesForeignProgram(t *testing.T) {
 	info, _ := prog.Info()
 	id, _ := info.ID()
 
-	err := r.host.Do(func() error {
-		g, err := Open(r.pin, true)
-		if err != nil {
-			return err
-		}
-		defer g.Close()
-		_, err = g.Attach(rigHostIf, AttachOptions{})
-		return err
-	})
+	_, err := r.tryAttach(rigHostIf, AttachOptions{})
 	if !errors.Is(err, ErrForeignProgram) {
 		t.Fatalf("attach over a foreign program: %v, want ErrForeignProgram", err)
 	}
@@ -605,15 +595,8 @@ func TestForceOverLinkedPrograms(t *testing.T) {
 		return uint32(id)
 	}
 	forceAttach := func(r *rig) error {
-		return r.host.Do(func() error {
-			g, err := Open(r.pin, true)
-			if err != nil {
-				return err
-			}
-			defer g.Close()
-			_, err = g.Attach(rigHostIf, AttachOptions{Force: true})
-			return err
-		})
+		_, err := r.tryAttach(rigHostIf, AttachOptions{Force: true})
+		return err
 	}
 
 	t.Run("distinct programs", func(t *testing.T) {
