@@ -67,10 +67,19 @@ enum parse_result {
 	PARSE_MALFORMED, /* IP whose headers cannot be read far enough */
 };
 
+#define IPV4_SADDR_OFF 12
+#define IPV4_DADDR_OFF 16
+#define IPV4_ADDR_LEN 4
+#define IPV6_SADDR_OFF 8
+#define IPV6_DADDR_OFF 24
+#define IPV6_ADDR_LEN 16
+
 struct packet {
-	/* Addresses as 16 bytes: IPv4 in the first 4, the rest zero. */
-	__u32 saddr[4];
-	__u32 daddr[4];
+	/* The IP header, bounds-checked for its fixed part: addresses are read
+	 * from it only when a decision needs them (allow list, fragment key),
+	 * so the pass path copies nothing. */
+	__u8 *l3;
+	__u8 *end;       /* data_end, to re-check l3 where the family is not known to the verifier */
 	__u32 frag_id;   /* IPv4: the 16-bit IP ID; IPv6: the 32-bit identification */
 	__u16 sport;     /* host order; valid for PARSE_UDP */
 	__u16 dport;
@@ -79,6 +88,19 @@ struct packet {
 	__u8 first_fragment; /* offset 0 with more fragments to come */
 	__u8 pad;
 };
+
+/* ip_field returns the len bytes at off in the IP header, or NULL when they
+ * are not in the packet. Parsing checked them already; the check is repeated
+ * because pkt lives in memory, where the verifier does not keep which family
+ * (and so which header length) l3 was checked for. */
+static __always_inline const __u8 *ip_field(const struct packet *pkt, __u32 off, __u32 len)
+{
+	const __u8 *p = pkt->l3;
+
+	if (!p || p + off + len > pkt->end)
+		return 0;
+	return p + off;
+}
 
 /* True when the payload behind this next-header value could be, or could lead
  * to, a UDP header: UDP itself or an extension header that may precede it. */
@@ -133,8 +155,7 @@ static __always_inline enum parse_result parse_ipv4(void *cursor, void *data_end
 		return PARSE_MALFORMED;
 
 	pkt->family = 4;
-	pkt->saddr[0] = *(__u32 *)(ip + 12);
-	pkt->daddr[0] = *(__u32 *)(ip + 16);
+	pkt->l3 = ip;
 	pkt->frag_id = bpf_ntohs(*(__u16 *)(ip + 4));
 	pkt->frag_proto = ip[9];
 	if (ip[9] != IPPROTO_UDP)
@@ -160,8 +181,7 @@ static __always_inline enum parse_result parse_ipv6(void *cursor, void *data_end
 		return PARSE_MALFORMED;
 
 	pkt->family = 6;
-	__builtin_memcpy(pkt->saddr, ip + 8, 16);
-	__builtin_memcpy(pkt->daddr, ip + 24, 16);
+	pkt->l3 = ip;
 	nexthdr = ip[6];
 	cursor += IPV6_HLEN;
 
@@ -216,6 +236,7 @@ static __always_inline enum parse_result parse_packet(void *data, void *data_end
 	__u16 proto;
 	int i;
 
+	pkt->end = data_end;
 	if (cursor + ETH_HLEN > data_end)
 		return PARSE_NOT_IP; /* a runt: the stack drops it */
 	proto = bpf_ntohs(*(__u16 *)(cursor + 12));
