@@ -126,3 +126,22 @@ func TestCountersMapLayout(t *testing.T) {
 		t.Fatalf("counters map has %d slots, Go expects hookCount*ReasonCount = %d: enum hook and loader.Hook disagree", got, want)
 	}
 }
+
+// AllowAdd inserts in this order: by address, a covering prefix before the
+// prefixes it covers, IPv4 before IPv6.
+func TestComparePrefixesOrder(t *testing.T) {
+	in := []string{"2001:db8::/32", "10.1.0.0/16", "10.0.0.0/8", "10.0.0.0/24", "9.255.255.255/32", "::/0"}
+	want := []string{"9.255.255.255/32", "10.0.0.0/8", "10.0.0.0/24", "10.1.0.0/16", "::/0", "2001:db8::/32"}
+	ps := make([]netip.Prefix, len(in))
+	for i, s := range in {
+		ps[i] = netip.MustParsePrefix(s)
+	}
+	slices.SortFunc(ps, comparePrefixes)
+	got := make([]string, len(ps))
+	for i, p := range ps {
+		got[i] = p.String()
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("sorted = %v, want %v", got, want)
+	}
+}
