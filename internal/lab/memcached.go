@@ -1,11 +1,9 @@
 package lab
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -15,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/xdpguard/xdpguard/internal/memcache"
 	"github.com/xdpguard/xdpguard/internal/nstest"
 )
 
@@ -191,95 +190,6 @@ func (l *Lab) MemcachedStats() (map[string]uint64, error) {
 
 // Dial opens a memcached text-protocol TCP connection from namespace ns to
 // the reflector address addr.
-func (l *Lab) Dial(ns *nstest.NS, addr netip.Addr) (*Client, error) {
-	var conn net.Conn
-	err := ns.Do(func() error {
-		var err error
-		d := net.Dialer{Timeout: 2 * time.Second}
-		conn, err = d.Dial("tcp", netip.AddrPortFrom(addr, MemcachedPort).String())
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("memcached tcp %s from %s: %w", addr, ns.Name(), err)
-	}
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	return &Client{conn: conn, r: bufio.NewReader(conn)}, nil
-}
-
-// Client speaks memcached's text protocol over TCP.
-type Client struct {
-	conn net.Conn
-	r    *bufio.Reader
-}
-
-// Close closes the connection.
-func (c *Client) Close() error { return c.conn.Close() }
-
-// Stats returns memcached's general statistics.
-func (c *Client) Stats() (map[string]uint64, error) {
-	if _, err := io.WriteString(c.conn, "stats\r\n"); err != nil {
-		return nil, fmt.Errorf("memcached stats: %w", err)
-	}
-	st := map[string]uint64{}
-	for {
-		line, err := c.r.ReadString('\n')
-		if err != nil {
-			return nil, fmt.Errorf("memcached stats: %w", err)
-		}
-		line = strings.TrimSpace(line)
-		if line == "END" {
-			return st, nil
-		}
-		f := strings.Fields(line)
-		if len(f) == 3 && f[0] == "STAT" {
-			if v, err := strconv.ParseUint(f[2], 10, 64); err == nil {
-				st[f[1]] = v
-			}
-		}
-	}
-}
-
-// Set stores value under key.
-func (c *Client) Set(key string, value []byte) error {
-	if _, err := fmt.Fprintf(c.conn, "set %s 0 0 %d\r\n%s\r\n", key, len(value), value); err != nil {
-		return fmt.Errorf("memcached set %s: %w", key, err)
-	}
-	line, err := c.r.ReadString('\n')
-	if err != nil {
-		return fmt.Errorf("memcached set %s: %w", key, err)
-	}
-	if strings.TrimSpace(line) != "STORED" {
-		return fmt.Errorf("memcached set %s: %q", key, line)
-	}
-	return nil
-}
-
-// Get fetches key; found is false on a miss.
-func (c *Client) Get(key string) (value []byte, found bool, err error) {
-	if _, err := fmt.Fprintf(c.conn, "get %s\r\n", key); err != nil {
-		return nil, false, fmt.Errorf("memcached get %s: %w", key, err)
-	}
-	for {
-		line, err := c.r.ReadString('\n')
-		if err != nil {
-			return nil, false, fmt.Errorf("memcached get %s: %w", key, err)
-		}
-		f := strings.Fields(line)
-		switch {
-		case len(f) == 1 && f[0] == "END":
-			return value, found, nil
-		case len(f) == 4 && f[0] == "VALUE":
-			n, err := strconv.Atoi(f[3])
-			if err != nil {
-				return nil, false, fmt.Errorf("memcached get %s: %q", key, line)
-			}
-			value = make([]byte, n+2)
-			if _, err := io.ReadFull(c.r, value); err != nil {
-				return nil, false, fmt.Errorf("memcached get %s: %w", key, err)
-			}
-			value, found = value[:n], true
-		default:
-			return nil, false, fmt.Errorf("memcached get %s: %q", key, line)
-		}
-	}
+func (l *Lab) Dial(ns *nstest.NS, addr netip.Addr) (*memcache.Client, error) {
+	return memcache.Dial(ns, netip.AddrPortFrom(addr, MemcachedPort).String(), 10*time.Second)
 }
