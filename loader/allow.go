@@ -70,15 +70,6 @@ func v6Key(p netip.Prefix) xdpguardLpmV6Key {
 	return xdpguardLpmV6Key{Prefixlen: uint32(p.Bits()), Addr: p.Addr().As16()}
 }
 
-// comparePrefixes orders by address, then shorter prefix first: parents are
-// inserted before the prefixes they cover.
-func comparePrefixes(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return a.Bits() - b.Bits()
-}
-
 func splitFamilies(ps []netip.Prefix) (v4 []xdpguardLpmV4Key, v6 []xdpguardLpmV6Key) {
 	for _, p := range ps {
 		if p.Addr().Is4() {
@@ -125,7 +116,7 @@ func batchUpdate[K any](m *ebpf.Map, keys []K) error {
 // side on the benchmark machine).
 func (m *Maps) AllowAdd(ps []netip.Prefix) error {
 	ps = slices.Clone(ps)
-	slices.SortFunc(ps, comparePrefixes)
+	slices.SortFunc(ps, comparePrefix)
 	v4, v6 := splitFamilies(ps)
 	if len(v4) > 0 {
 		if err := batchUpdate(m.Allow4, v4); err != nil {
@@ -223,6 +214,8 @@ func (m *Maps) AllowList() ([]netip.Prefix, error) {
 	return out, nil
 }
 
+// comparePrefix orders by address, then shorter prefix first: a covering
+// prefix comes before the prefixes it covers.
 func comparePrefix(a, b netip.Prefix) int {
 	if c := a.Addr().Compare(b.Addr()); c != 0 {
 		return c

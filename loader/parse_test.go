@@ -129,14 +129,14 @@ func TestCountersMapLayout(t *testing.T) {
 
 // AllowAdd inserts in this order: by address, a covering prefix before the
 // prefixes it covers, IPv4 before IPv6.
-func TestComparePrefixesOrder(t *testing.T) {
+func TestComparePrefixOrder(t *testing.T) {
 	in := []string{"2001:db8::/32", "10.1.0.0/16", "10.0.0.0/8", "10.0.0.0/24", "9.255.255.255/32", "::/0"}
 	want := []string{"9.255.255.255/32", "10.0.0.0/8", "10.0.0.0/24", "10.1.0.0/16", "::/0", "2001:db8::/32"}
 	ps := make([]netip.Prefix, len(in))
 	for i, s := range in {
 		ps[i] = netip.MustParsePrefix(s)
 	}
-	slices.SortFunc(ps, comparePrefixes)
+	slices.SortFunc(ps, comparePrefix)
 	got := make([]string, len(ps))
 	for i, p := range ps {
 		got[i] = p.String()
