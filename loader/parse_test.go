@@ -145,3 +145,15 @@ func TestComparePrefixOrder(t *testing.T) {
 		t.Fatalf("sorted = %v, want %v", got, want)
 	}
 }
+
+// Files from elsewhere: CRLF line ends, no final newline, a comment-only line.
+func TestParsePrefixesCRLF(t *testing.T) {
+	ps, err := ParsePrefixes(strings.NewReader("192.0.2.0/24\r\n#x\r\n198.51.100.1"), "crlf.txt")
+	want := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("198.51.100.1/32")}
+	if err != nil || !slices.Equal(ps, want) {
+		t.Fatalf("got %v, %v; want %v", ps, err, want)
+	}
+	if _, err := ParsePrefixes(strings.NewReader("192.0.2.0/24\r\nbad\r\n"), "crlf.txt"); err == nil || !strings.Contains(err.Error(), "crlf.txt:2:") {
+		t.Fatalf("error %v does not name crlf.txt:2", err)
+	}
+}
