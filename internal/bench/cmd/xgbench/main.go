@@ -1,0 +1,293 @@
+// Command xgbench runs xdpguard's benchmarks (per-packet cost against
+// xdp-filter and the XDP_DROP floor, allow-list scaling, a trafgen flood of
+// a real memcached against nftables, map memory) in one process on this
+// machine, and writes docs/benchmarks.md with a plot. `make bench` runs it
+// as root; it attaches only to veths in namespaces it creates.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/xdpguard/xdpguard/internal/bench/allowlist"
+	"github.com/xdpguard/xdpguard/internal/bench/flood"
+	"github.com/xdpguard/xdpguard/internal/bench/frames"
+	"github.com/xdpguard/xdpguard/internal/bench/memory"
+	"github.com/xdpguard/xdpguard/internal/bench/perpacket"
+	"github.com/xdpguard/xdpguard/internal/bench/progs"
+	"github.com/xdpguard/xdpguard/internal/nstest"
+	"github.com/xdpguard/xdpguard/loader"
+)
+
+// options are the command line; the defaults are what `make bench` runs.
+type options struct {
+	out, plot      string
+	xdpguard       string
+	xdpFilter      string
+	rounds, repeat int
+	allowRounds    int
+	allowRepeat    int
+	loadSizes      []int
+	window         time.Duration
+}
+
+// Names of the namespaces and the pin path the benchmark creates; a run
+// killed before its clean-up leaves them, and the next run removes them.
+const (
+	floodPrefix = "xgbf"
+	loadNS      = "xgbl"
+	pinRoot     = "/sys/fs/bpf/xdpguard-bench"
+)
+
+func main() {
+	var o options
+	fs := pflag.NewFlagSet("xgbench", pflag.ContinueOnError)
+	fs.StringVar(&o.out, "out", "docs/benchmarks.md", "report to write")
+	fs.StringVar(&o.plot, "plot", "docs/benchmarks.svg", "plot of per-packet costs to write (linked from the report by file name)")
+	fs.StringVar(&o.xdpguard, "xdpguard", "bin/xdpguard", "xdpguard binary for the CLI load and flood runs")
+	fs.StringVar(&o.xdpFilter, "xdp-filter-object", progs.XDPFilterObject, "xdp-filter's compiled BPF object")
+	fs.IntVar(&o.rounds, "rounds", 31, "interleaved rounds per frame and program")
+	fs.IntVar(&o.repeat, "repeat", 2_000_000, "BPF_PROG_TEST_RUN repeats per round")
+	fs.IntVar(&o.allowRounds, "allow-rounds", 21, "interleaved rounds per allow-list size")
+	fs.IntVar(&o.allowRepeat, "allow-repeat", 1_000_000, "repeats per allow-list round")
+	fs.IntSliceVar(&o.loadSizes, "load-sizes", []int{100_000, 1_000_000}, "allow-list sizes loaded through the CLI")
+	fs.DurationVar(&o.window, "window", 10*time.Second, "flood measuring time per setup (two windows of half, in A B C D D C B A order)")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "xgbench:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "xgbench:", err)
+		os.Exit(1)
+	}
+}
+
+// report is everything one run measured.
+type report struct {
+	machine   machine
+	started   time.Time
+	elapsed   time.Duration
+	frames    []frames.Frame
+	perPacket *perpacket.Result
+	allow     []allowlist.SizeResult
+	loads     []allowlist.LoadResult
+	flood     []flood.Result
+	maps      []memory.Map
+	o         options
+}
+
+func run(ctx context.Context, o options, log io.Writer) error {
+	if err := preflight(o); err != nil {
+		return err
+	}
+	r := &report{started: time.Now(), o: o}
+	var err error
+	if r.machine, err = describeMachine(); err != nil {
+		return err
+	}
+	steps := []struct {
+		name string
+		fn   func(context.Context, *report) error
+	}{
+		// The flood runs first: the allow-list step leaves the kernel
+		// freeing millions of trie nodes for a while after it.
+		{"flood", floodRun},
+		{"per-packet cost", perPacket},
+		{"allow-list scaling", allowList},
+		{"map memory", mapMemory},
+	}
+	for _, s := range steps {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("interrupted before %s", s.name)
+		}
+		start := time.Now()
+		fmt.Fprintf(log, "xgbench: %s ...\n", s.name)
+		if err := s.fn(ctx, r); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		fmt.Fprintf(log, "xgbench: %s done in %s\n", s.name, time.Since(start).Round(time.Second))
+	}
+	r.elapsed = time.Since(r.started)
+	if err := os.MkdirAll(filepath.Dir(o.out), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(o.plot, []byte(plotSVG(r)), 0o644); err != nil {
+		return fmt.Errorf("write plot: %w", err)
+	}
+	if err := os.WriteFile(o.out, []byte(markdown(r)), 0o644); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	fmt.Fprintf(log, "xgbench: wrote %s and %s in %s\n", o.out, o.plot, r.elapsed.Round(time.Second))
+	return nil
+}
+
+// preflight checks what the run needs and removes what a killed run left.
+func preflight(o options) error {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (BPF programs, namespaces, trafgen): run `sudo make bench`")
+	}
+	for _, tool := range []string{"trafgen", "nft", "memcached"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found: run `sudo make deps` (scripts/deps.sh installs it)", tool)
+		}
+	}
+	if _, err := os.Stat(o.xdpFilter); err != nil {
+		return fmt.Errorf("xdp-filter object %s: %w: install xdp-tools (`sudo make deps`) or pass --xdp-filter-object", o.xdpFilter, err)
+	}
+	if _, err := os.Stat(o.xdpguard); err != nil {
+		return fmt.Errorf("xdpguard binary %s: %w: run `make build` first", o.xdpguard, err)
+	}
+	if err := loader.EnsureBPFFS(filepath.Dir(pinRoot)); err != nil {
+		return err
+	}
+	for _, name := range []string{floodPrefix + "a", floodPrefix + "r", floodPrefix + "c", loadNS, loadNS + "p"} {
+		if nstest.Exists(name) {
+			if err := nstest.Remove(name); err != nil {
+				return fmt.Errorf("remove namespace %s left by an earlier run: %w", name, err)
+			}
+		}
+	}
+	if err := os.RemoveAll(pinRoot); err != nil {
+		return fmt.Errorf("remove %s left by an earlier run: %w", pinRoot, err)
+	}
+	return nil
+}
+
+func perPacket(_ context.Context, r *report) error {
+	fs, err := frames.All()
+	if err != nil {
+		return err
+	}
+	r.frames = fs
+	floor, err := progs.LoadFloor()
+	if err != nil {
+		return err
+	}
+	defer floor.Close()
+	guard, _, err := progs.LoadXdpguard(loader.MapSizes{})
+	if err != nil {
+		return err
+	}
+	defer guard.Close()
+	filter, err := progs.LoadXDPFilter(r.o.xdpFilter, loader.DefaultPort)
+	if err != nil {
+		return err
+	}
+	defer filter.Close()
+	subjects := []perpacket.Subject{
+		{Name: progs.Floor, Prog: floor.Prog},
+		{Name: progs.Xdpguard, Prog: guard.Prog},
+		{Name: progs.XDPFilter, Prog: filter.Prog},
+	}
+	inputs := make([]perpacket.Input, len(fs))
+	for i, f := range fs {
+		inputs[i] = perpacket.Input{Name: f.Name, Data: f.Data, Prime: f.Prime}
+	}
+	r.perPacket, err = perpacket.Run(subjects, inputs, r.o.rounds, r.o.repeat)
+	if err != nil {
+		return err
+	}
+	// xdpguard must give every frame the verdict its policy says; a
+	// benchmark of a wrong path would be meaningless.
+	for _, f := range fs {
+		if got := r.perPacket.Cells[progs.Xdpguard][f.Name].Verdict; got != f.Want {
+			return fmt.Errorf("xdpguard returned %s on %s, want %s", frames.VerdictName(got), f.Name, frames.VerdictName(f.Want))
+		}
+	}
+	return nil
+}
+
+// allowSizes are the allow-list sizes of the per-packet table.
+var allowSizes = []int{0, 1_000, 100_000, 1_000_000}
+
+func allowList(_ context.Context, r *report) error {
+	largest := max(allowSizes[len(allowSizes)-1], r.o.loadSizes[len(r.o.loadSizes)-1])
+	all := allowlist.RandomPrefixes(largest, 1, frames.Attacker4)
+	req, err := frames.Request()
+	if err != nil {
+		return err
+	}
+	if r.allow, err = allowlist.PerPacket(allowSizes, all, req, r.o.allowRounds, r.o.allowRepeat); err != nil {
+		return err
+	}
+	for _, a := range r.allow {
+		if a.Verdict != frames.Drop {
+			return fmt.Errorf("xdpguard with %d prefixes returned %s on a request from outside them", a.Size, frames.VerdictName(a.Verdict))
+		}
+	}
+	dir, err := os.MkdirTemp("", "xgbench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	for _, n := range r.o.loadSizes {
+		file := filepath.Join(dir, fmt.Sprintf("allow-%d.txt", n))
+		if err := allowlist.WriteFile(file, all[:n]); err != nil {
+			return err
+		}
+		res, err := allowlist.CLILoad(r.o.xdpguard, pinRoot, loadNS, file, n)
+		if err != nil {
+			return fmt.Errorf("allow load of %d prefixes: %w", n, err)
+		}
+		r.loads = append(r.loads, res)
+	}
+	return nil
+}
+
+func floodRun(ctx context.Context, r *report) error {
+	dir, err := os.MkdirTemp("", "xgbench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	l, err := flood.NewLab(floodPrefix, r.o.xdpguard, pinRoot, dir)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	// Two passes of half the window, the second in reverse order (A B C D
+	// D C B A), merged: drift over the run lands on every setup alike.
+	setups := flood.Setups()
+	results := make([]flood.Result, len(setups))
+	order := make([]int, 0, 2*len(setups))
+	for i := range setups {
+		order = append(order, i)
+	}
+	for i := range setups {
+		order = append(order, len(setups)-1-i)
+	}
+	for pass, i := range order {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		res, err := l.Run(ctx, setups[i], r.o.window/2)
+		if err != nil {
+			return err
+		}
+		if pass < len(setups) {
+			results[i] = res
+		} else {
+			results[i].Merge(res)
+		}
+	}
+	r.flood = results
+	return nil
+}
+
+func mapMemory(_ context.Context, r *report) error {
+	var err error
+	r.maps, err = memory.Defaults()
+	return err
+}
