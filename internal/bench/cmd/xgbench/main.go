@@ -115,6 +115,9 @@ func run(ctx context.Context, o options, log io.Writer) error {
 		start := time.Now()
 		fmt.Fprintf(log, "xgbench: %s ...\n", s.name)
 		if err := s.fn(ctx, r); err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("interrupted during %s; what it set up has been removed, no report written", s.name)
+			}
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
 		fmt.Fprintf(log, "xgbench: %s done in %s\n", s.name, time.Since(start).Round(time.Second))
