@@ -89,17 +89,38 @@ struct packet {
 	__u8 pad;
 };
 
-/* ip_field returns the len bytes at off in the IP header, or NULL when they
- * are not in the packet. Parsing checked them already; the check is repeated
+/* ip_header returns the IP header when its fixed part, hlen bytes, is in the
+ * packet, else NULL. Parsing checked it already; the check is repeated
  * because pkt lives in memory, where the verifier does not keep which family
- * (and so which header length) l3 was checked for. */
-static __always_inline const __u8 *ip_field(const struct packet *pkt, __u32 off, __u32 len)
+ * (and so which header length) l3 was checked for. One check per use, on the
+ * whole fixed header: the verifier cannot carry one bound over to another. */
+static __always_inline const __u8 *ip_header(const struct packet *pkt, __u32 hlen)
 {
 	const __u8 *p = pkt->l3;
 
-	if (!p || p + off + len > pkt->end)
+	if (!p || p + hlen > pkt->end)
 		return 0;
-	return p + off;
+	return p;
+}
+
+/* copy_addr copies an address of len bytes (IPV4_ADDR_LEN or IPV6_ADDR_LEN,
+ * a constant once inlined) out of the packet in 32-bit words. Given a byte
+ * pointer, __builtin_memcpy assumes no alignment and emits four loads and
+ * three shifts per word. The IP header behind a 14-byte Ethernet header is
+ * only 2-byte aligned; the verifier accepts such loads wherever the
+ * architecture has efficient unaligned access, as the parser's read of the
+ * IPv6 fragment identification already relies on. dst must be 4-byte
+ * aligned. */
+static __always_inline void copy_addr(void *dst, const __u8 *src, __u32 len)
+{
+	__u32 *d = dst;
+	const __u32 *w = (const void *)src;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < IPV6_ADDR_LEN / 4; i++)
+		if (i < len / 4)
+			d[i] = w[i];
 }
 
 /* True when the payload behind this next-header value could be, or could lead

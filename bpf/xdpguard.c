@@ -154,18 +154,18 @@ static __always_inline int port_protected(const struct config *cfg, __u16 port)
 static __always_inline int allowlisted(const struct config *cfg, const struct packet *pkt,
 				       enum hook hook)
 {
-	const __u8 *peer;
+	const __u8 *ip;
 
 	if (pkt->family == 4) {
 		struct lpm_v4_key key = { .prefixlen = 32 };
 
 		if (!cfg->allow4_active)
 			return 0;
-		peer = ip_field(pkt, hook == HOOK_XDP_INGRESS ? IPV4_SADDR_OFF : IPV4_DADDR_OFF,
-				IPV4_ADDR_LEN);
-		if (!peer)
+		ip = ip_header(pkt, IPV4_MIN_HLEN);
+		if (!ip)
 			return 0; /* unreachable; not allowed is the safe answer */
-		__builtin_memcpy(key.addr, peer, IPV4_ADDR_LEN);
+		copy_addr(key.addr, ip + (hook == HOOK_XDP_INGRESS ? IPV4_SADDR_OFF : IPV4_DADDR_OFF),
+			  IPV4_ADDR_LEN);
 		return bpf_map_lookup_elem(&xdpguard_allow4, &key) != NULL;
 	}
 
@@ -173,11 +173,11 @@ static __always_inline int allowlisted(const struct config *cfg, const struct pa
 
 	if (!cfg->allow6_active)
 		return 0;
-	peer = ip_field(pkt, hook == HOOK_XDP_INGRESS ? IPV6_SADDR_OFF : IPV6_DADDR_OFF,
-			IPV6_ADDR_LEN);
-	if (!peer)
+	ip = ip_header(pkt, IPV6_HLEN);
+	if (!ip)
 		return 0;
-	__builtin_memcpy(key.addr, peer, IPV6_ADDR_LEN);
+	copy_addr(key.addr, ip + (hook == HOOK_XDP_INGRESS ? IPV6_SADDR_OFF : IPV6_DADDR_OFF),
+		  IPV6_ADDR_LEN);
 	return bpf_map_lookup_elem(&xdpguard_allow6, &key) != NULL;
 }
 
@@ -185,24 +185,22 @@ static __always_inline int allowlisted(const struct config *cfg, const struct pa
  * cannot be read (unreachable after parsing, checked for the verifier). */
 static __always_inline int frag_key_of(const struct packet *pkt, struct frag_key *key)
 {
-	const __u8 *saddr, *daddr;
+	const __u8 *ip;
 
 	/* IPv4 addresses fill the first 4 bytes, the rest stays zero. */
 	if (pkt->family == 4) {
-		saddr = ip_field(pkt, IPV4_SADDR_OFF, IPV4_ADDR_LEN);
-		daddr = ip_field(pkt, IPV4_DADDR_OFF, IPV4_ADDR_LEN);
-		if (!saddr || !daddr)
+		ip = ip_header(pkt, IPV4_MIN_HLEN);
+		if (!ip)
 			return 0;
-		__builtin_memcpy(key->saddr, saddr, IPV4_ADDR_LEN);
-		__builtin_memcpy(key->daddr, daddr, IPV4_ADDR_LEN);
+		copy_addr(key->saddr, ip + IPV4_SADDR_OFF, IPV4_ADDR_LEN);
+		copy_addr(key->daddr, ip + IPV4_DADDR_OFF, IPV4_ADDR_LEN);
 		key->proto = pkt->frag_proto;
 	} else {
-		saddr = ip_field(pkt, IPV6_SADDR_OFF, IPV6_ADDR_LEN);
-		daddr = ip_field(pkt, IPV6_DADDR_OFF, IPV6_ADDR_LEN);
-		if (!saddr || !daddr)
+		ip = ip_header(pkt, IPV6_HLEN);
+		if (!ip)
 			return 0;
-		__builtin_memcpy(key->saddr, saddr, IPV6_ADDR_LEN);
-		__builtin_memcpy(key->daddr, daddr, IPV6_ADDR_LEN);
+		copy_addr(key->saddr, ip + IPV6_SADDR_OFF, IPV6_ADDR_LEN);
+		copy_addr(key->daddr, ip + IPV6_DADDR_OFF, IPV6_ADDR_LEN);
 		key->proto = 0; /* the IPv6 identification has no protocol */
 	}
 	key->id = pkt->frag_id;
