@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/xdpguard/xdpguard/internal/nstest"
+	"github.com/xdpguard/xdpguard/internal/testpkt"
 )
 
 // VictimCounters is what reached the victim: its interface's counters and
@@ -147,7 +148,7 @@ func (l *Lab) request(fam Addrs, src netip.Addr, via string, reqID uint16, comma
 	if via == Refl1If {
 		dst = fam.Refl1
 	}
-	frame, err := UDPFrame(src, dst, VictimPort, MemcachedPort, MemcachedPayload(reqID, command))
+	frame, err := testpkt.UDP(src, dst, VictimPort, MemcachedPort, testpkt.MemcachedPayload(reqID, command)).Frame()
 	if err != nil {
 		return nil, fmt.Errorf("build request: %w", err)
 	}

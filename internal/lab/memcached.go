@@ -15,6 +15,7 @@ import (
 
 	"github.com/xdpguard/xdpguard/internal/memcache"
 	"github.com/xdpguard/xdpguard/internal/nstest"
+	"github.com/xdpguard/xdpguard/internal/testpkt"
 )
 
 // memcached is the lab's memcached process: a child (tests) or, for the
@@ -107,7 +108,7 @@ func (l *Lab) udpProbe(fam Addrs) error {
 		}
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(200 * time.Millisecond))
-		if _, err := c.Write(MemcachedPayload(7, "version\r\n")); err != nil {
+		if _, err := c.Write(testpkt.MemcachedPayload(7, "version\r\n")); err != nil {
 			return fmt.Errorf("udp probe: %w", err)
 		}
 		buf := make([]byte, 2048)
