@@ -9,10 +9,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"time"
-
-	"github.com/cilium/ebpf"
 
 	"github.com/xdpguard/xdpguard/internal/bench/perpacket"
 	"github.com/xdpguard/xdpguard/internal/bench/progs"
@@ -153,22 +150,17 @@ func CLILoad(bin, pinPath, nsName, file string, n int) (res LoadResult, err erro
 		return res, err
 	}
 	res.Elapsed = time.Since(start)
-	m, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, "allow4"), &ebpf.LoadPinOptions{ReadOnly: true})
+	// Read back through the loader, as `xdpguard status` does.
+	g, err := loader.OpenReadOnly(pinPath)
 	if err != nil {
-		return res, fmt.Errorf("open pinned allow list: %w", err)
+		return res, err
 	}
-	defer m.Close()
-	if info, err := m.Info(); err == nil {
+	defer g.Close()
+	if res.Count, _, err = g.Maps.AllowCount(); err != nil {
+		return res, err
+	}
+	if info, err := g.Maps.Allow4.Info(); err == nil {
 		res.Memlock, _ = info.Memlock()
-	}
-	key := make([]byte, m.KeySize())
-	var val uint8
-	it := m.Iterate()
-	for it.Next(&key, &val) {
-		res.Count++
-	}
-	if err := it.Err(); err != nil {
-		return res, fmt.Errorf("count pinned allow list: %w", err)
 	}
 	if res.Count != n {
 		return res, fmt.Errorf("allow load of %d prefixes left %d entries", n, res.Count)

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"github.com/xdpguard/xdpguard/internal/bench/frames"
 	"github.com/xdpguard/xdpguard/internal/memcache"
 	"github.com/xdpguard/xdpguard/internal/nstest"
+	"github.com/xdpguard/xdpguard/loader"
 )
 
 // Setup names what guards the reflector during one flood.
@@ -43,14 +45,14 @@ func Setups() []Setup {
 				_, err := l.Refl.Run(l.Xdpguard, "--pin-path", l.PinPath, "detach", ReflIf)
 				return err
 			}},
-		{Name: "nft-netdev", Desc: "nftables netdev ingress: udp dport 11211 drop",
+		{Name: "nft-netdev", Desc: "nftables netdev ingress: udp dport " + portStr + " drop",
 			up: func(l *Lab) error {
-				return l.nft("table netdev xgbench {\n\tchain ingress {\n\t\ttype filter hook ingress device \"" + ReflIf + "\" priority 0; policy accept;\n\t\tudp dport 11211 drop\n\t}\n}")
+				return l.nft("table netdev xgbench {\n\tchain ingress {\n\t\ttype filter hook ingress device \"" + ReflIf + "\" priority 0; policy accept;\n\t\tudp dport " + portStr + " drop\n\t}\n}")
 			},
 			down: func(l *Lab) error { return l.nft("delete table netdev xgbench") }},
-		{Name: "nft-inet", Desc: "nftables inet input: udp dport 11211 drop",
+		{Name: "nft-inet", Desc: "nftables inet input: udp dport " + portStr + " drop",
 			up: func(l *Lab) error {
-				return l.nft("table inet xgbench {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tudp dport 11211 drop\n\t}\n}")
+				return l.nft("table inet xgbench {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tudp dport " + portStr + " drop\n\t}\n}")
 			},
 			down: func(l *Lab) error { return l.nft("delete table inet xgbench") }},
 		{Name: "none", Desc: "no protection: memcached answers every get",
@@ -58,6 +60,12 @@ func Setups() []Setup {
 			down: func(*Lab) error { return nil }},
 	}
 }
+
+// memcached serves TCP and UDP on the port xdpguard protects by default.
+var (
+	portStr       = strconv.Itoa(loader.DefaultPort)
+	memcachedAddr = net.JoinHostPort(reflCl, portStr)
+)
 
 // Interface names and addresses of the lab.
 const (
@@ -114,13 +122,13 @@ func NewLab(prefix, xdpguard, pinPath, dir string) (l *Lab, err error) {
 	}
 	// memcached refuses to run as root without -u. UDP is off by default
 	// since 1.5.6; the flood needs it on, as on a vulnerable reflector.
-	l.memcached = l.Refl.Command("memcached", "-u", "nobody", "-l", "0.0.0.0", "-p", "11211", "-U", "11211", "-t", "2", "-m", "64", "-c", "1024")
+	l.memcached = l.Refl.Command("memcached", "-u", "nobody", "-l", "0.0.0.0", "-p", portStr, "-U", portStr, "-t", "2", "-m", "64", "-c", "1024")
 	l.memcached.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := l.memcached.Start(); err != nil {
 		return l, fmt.Errorf("start memcached: %w", err)
 	}
 	err = nstest.WaitFor(10*time.Second, "memcached to accept TCP", func() (bool, error) {
-		c, err := dial(l.Cli, reflCl+":11211")
+		c, err := dial(l.Cli, memcachedAddr)
 		if err != nil {
 			return false, err
 		}
@@ -259,7 +267,7 @@ func (l *Lab) Run(ctx context.Context, s Setup, window time.Duration) (res Resul
 	if err != nil {
 		return res, err
 	}
-	stats, err := dial(l.Cli, reflCl+":11211")
+	stats, err := dial(l.Cli, memcachedAddr)
 	if err != nil {
 		return res, err
 	}
@@ -315,7 +323,7 @@ func (l *Lab) Run(ctx context.Context, s Setup, window time.Duration) (res Resul
 	}
 	lctx, cancel := context.WithTimeout(ctx, window)
 	defer cancel()
-	res.Latency, err = MeasureLatency(lctx, l.Cli, reflCl+":11211")
+	res.Latency, err = MeasureLatency(lctx, l.Cli, memcachedAddr)
 	if err != nil {
 		return res, err
 	}
@@ -369,11 +377,8 @@ func (l *Lab) udpQueued() (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return parseUDPQueued(string(b), memcachedPort)
+	return parseUDPQueued(string(b), loader.DefaultPort)
 }
-
-// memcachedPort is the port memcached listens on in the lab.
-const memcachedPort = 11211
 
 // parseUDPQueued reads /proc/net/udp's text: "sl local_address rem_address
 // st tx_queue:rx_queue ...", addresses as HEXIP:HEXPORT, queues in hex.

@@ -39,7 +39,8 @@ func TestMergeAndRates(t *testing.T) {
 	if a.SoftirqNs() != 100_000 || a.CPUNs() != 200_000 {
 		t.Fatalf("per frame: softirq %v total %v; want 100000 and 200000", a.SoftirqNs(), a.CPUNs())
 	}
-	if a.Latency.N() != 3 || a.Latency.Timeouts != 2 || a.Latency.P50() != 2*time.Microsecond || a.Latency.P99() != 3*time.Microsecond {
+	// Quantiles interpolate between the sorted 1, 2, 3 µs: p99 is 2.98 µs.
+	if a.Latency.N() != 3 || a.Latency.Timeouts != 2 || a.Latency.P50() != 2*time.Microsecond || a.Latency.P99() != 2980*time.Nanosecond {
 		t.Fatalf("latency: n %d timeouts %d p50 %v p99 %v", a.Latency.N(), a.Latency.Timeouts, a.Latency.P50(), a.Latency.P99())
 	}
 }

@@ -3,9 +3,9 @@ package flood
 import (
 	"context"
 	"errors"
-	"slices"
 	"time"
 
+	"github.com/xdpguard/xdpguard/internal/bench/quantile"
 	"github.com/xdpguard/xdpguard/internal/memcache"
 	"github.com/xdpguard/xdpguard/internal/nstest"
 )
@@ -29,8 +29,16 @@ type Latency struct {
 func (l Latency) N() int { return len(l.rtts) }
 
 // P50 and P99 are percentiles of the answered gets' round trips.
-func (l Latency) P50() time.Duration { return percentile(l.rtts, 50) }
-func (l Latency) P99() time.Duration { return percentile(l.rtts, 99) }
+func (l Latency) P50() time.Duration { return l.quantile(0.50) }
+func (l Latency) P99() time.Duration { return l.quantile(0.99) }
+
+func (l Latency) quantile(q float64) time.Duration {
+	ns := make([]float64, len(l.rtts))
+	for i, d := range l.rtts {
+		ns[i] = float64(d)
+	}
+	return time.Duration(quantile.Of(ns, q))
+}
 
 func (l *Latency) merge(o Latency) {
 	l.Timeouts += o.Timeouts
@@ -86,15 +94,4 @@ func MeasureLatency(ctx context.Context, ns *nstest.NS, addr string) (Latency, e
 		}
 		rtts = append(rtts, time.Since(start))
 	}
-}
-
-// percentile is the nearest-rank p-th percentile of ds; 0 for none.
-func percentile(ds []time.Duration, p int) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	ds = slices.Clone(ds)
-	slices.Sort(ds)
-	rank := (p*len(ds) + 99) / 100 // ceil(p/100 * n), 1-based
-	return ds[max(rank, 1)-1]
 }

@@ -5,10 +5,11 @@ package perpacket
 
 import (
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/xdpguard/xdpguard/internal/bench/quantile"
 )
 
 // Subject is one program under test.
@@ -76,7 +77,7 @@ func Overhead(prog *ebpf.Program, data []byte, n int) (float64, error) {
 		}
 		walls = append(walls, 2*s.WallNs)
 	}
-	return Quantile(walls, 0.5), nil
+	return quantile.Of(walls, 0.5), nil
 }
 
 // Measure runs one BPF_PROG_TEST_RUN of data with repeat repetitions; the
@@ -96,7 +97,7 @@ func Measure(prog *ebpf.Program, data []byte, repeat int, overheadNs float64) (u
 	}, nil
 }
 
-// overheadRuns is how many single-repeat syscalls estimate the overhead.
+// overheadRuns is how many two-repeat syscalls estimate the overhead.
 const overheadRuns = 9
 
 // Run measures every subject on every input: in each round each input is
@@ -153,25 +154,8 @@ func (c *Cell) summarize() {
 	for i, s := range c.Samples {
 		wall[i], kern[i] = s.WallNs, s.KernelNs
 	}
-	c.MedianNs = Quantile(wall, 0.5)
-	c.P25 = Quantile(wall, 0.25)
-	c.P75 = Quantile(wall, 0.75)
-	c.KernelNs = Quantile(kern, 0.5)
-}
-
-// Quantile returns the q-quantile of xs by linear interpolation between
-// order statistics; xs is not modified.
-func Quantile(xs []float64, q float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	pos := q * float64(len(s)-1)
-	lo := int(pos)
-	if lo+1 >= len(s) {
-		return s[len(s)-1]
-	}
-	frac := pos - float64(lo)
-	return s[lo]*(1-frac) + s[lo+1]*frac
+	c.MedianNs = quantile.Of(wall, 0.5)
+	c.P25 = quantile.Of(wall, 0.25)
+	c.P75 = quantile.Of(wall, 0.75)
+	c.KernelNs = quantile.Of(kern, 0.5)
 }
