@@ -63,6 +63,9 @@ func main() {
 	fs.IntSliceVar(&o.loadSizes, "load-sizes", []int{100_000, 1_000_000}, "allow-list sizes loaded through the CLI")
 	fs.DurationVar(&o.window, "window", 10*time.Second, "flood measuring time per setup (two windows of half, in A B C D D C B A order)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return
+		}
 		fmt.Fprintln(os.Stderr, "xgbench:", err)
 		os.Exit(2)
 	}

@@ -54,8 +54,9 @@ func markdown(r *report) string {
 	floodSection(&b, r)
 	memorySection(&b, r)
 	p("## Reproduce\n\n```\nsudo make bench\n```\n\n")
-	p("`make bench` installs what is missing (scripts/deps.sh), builds, and runs `go run ./internal/bench/cmd/xgbench`\n")
-	p("(flags: `--rounds %d --repeat %d --allow-rounds %d --allow-repeat %d --window %s`). It attaches only to veths in\n", r.o.rounds, r.o.repeat, r.o.allowRounds, r.o.allowRepeat, r.o.window)
+	p("`make bench` installs what is missing (scripts/deps.sh), builds `bin/xdpguard` and `bin/xgbench` (internal/bench/cmd/xgbench)\n")
+	p("and runs it; arguments to scripts/bench.sh go to xgbench (`--help` lists them). This run used\n")
+	p("`--rounds %d --repeat %d --allow-rounds %d --allow-repeat %d --window %s`. It attaches only to veths in\n", r.o.rounds, r.o.repeat, r.o.allowRounds, r.o.allowRepeat, r.o.window)
 	p("namespaces it creates (`%sa`, `%sr`, `%sc`, `%s`, `%sp`) and pins under `%s`, and removes them all.\n", floodPrefix, floodPrefix, floodPrefix, loadNS, loadNS, pinRoot)
 	return b.String()
 }
@@ -137,7 +138,8 @@ func ratioMissed(b *strings.Builder, r *report) {
 		rawMax = max(rawMax, raw)
 	}
 	fmt.Fprintf(b, "**Per-packet ratio missed, and why.** xdp-filter's own work above the floor is %.1f–%.1f ns on\n", fMin, fMax)
-	b.WriteString("unfragmented frames: parse, one per-CPU array lookup of the port, a counter. Half of that is\n")
+	b.WriteString("unfragmented frames: parse, two per-CPU array lookups (destination and source port, inlined), a\n")
+	b.WriteString("counter. Half of that is\n")
 	fmt.Fprintf(b, "%.1f–%.1f ns, less than xdpguard spends on a TCP frame, where it only parses to the IP header and\n", fMin/2, fMax/2)
 	fmt.Fprintf(b, "counts it (%.1f ns); we see no way to meet the target while doing xdpguard's job, and did not trade\n", r.cost(progs.Xdpguard, passPathFrameTCP).excess)
 	fmt.Fprintf(b, "exact per-reason counters for it. xdpguard's own work is %.1f–%.1f ns: it also\n", gMin, gMax)
