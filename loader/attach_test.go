@@ -128,6 +128,21 @@ func (r *rig) xdpProgID(t *testing.T) uint32 {
 	return x.ProgId
 }
 
+// requireNothingLeft fails the test unless the host interface carries no
+// XDP or tcx program and the pin path is gone.
+func (r *rig) requireNothingLeft(t *testing.T, when string) {
+	t.Helper()
+	if id := r.xdpProgID(t); id != 0 {
+		t.Errorf("%s: XDP program %d still attached", when, id)
+	}
+	if n := r.tcxCount(t); n != 0 {
+		t.Errorf("%s: %d tcx programs left", when, n)
+	}
+	if _, err := os.Stat(r.pin); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s: the pin path remains: %v", when, err)
+	}
+}
+
 // tcxCount is how many programs sit on the host interface's tcx egress.
 func (r *rig) tcxCount(t *testing.T) int {
 	t.Helper()
@@ -237,15 +252,7 @@ func TestAttachIdempotentUpgradeDetach(t *testing.T) {
 	}
 
 	r.do(t, func(g *Guard) error { return g.Detach(rigHostIf) })
-	if id := r.xdpProgID(t); id != 0 {
-		t.Errorf("after detach: XDP program %d still attached", id)
-	}
-	if n := r.tcxCount(t); n != 0 {
-		t.Errorf("after detach: %d tcx programs left", n)
-	}
-	if _, err := os.Stat(r.pin); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("after the last detach the pin path remains: %v", err)
-	}
+	r.requireNothingLeft(t, "after the last detach")
 }
 
 func TestAttachRollsBack(t *testing.T) {
@@ -265,15 +272,7 @@ func TestAttachRollsBack(t *testing.T) {
 			if !errors.Is(err, injected) {
 				t.Fatalf("attach: %v, want the injected failure", err)
 			}
-			if id := r.xdpProgID(t); id != 0 {
-				t.Errorf("XDP program %d left attached", id)
-			}
-			if n := r.tcxCount(t); n != 0 {
-				t.Errorf("%d tcx programs left attached", n)
-			}
-			if _, err := os.Stat(r.pin); !errors.Is(err, os.ErrNotExist) {
-				t.Errorf("pin path left behind: %v", err)
-			}
+			r.requireNothingLeft(t, "after the rollback")
 		})
 	}
 }
