@@ -13,7 +13,7 @@ func TestOf(t *testing.T) {
 		}
 	}
 	if !slices.Equal(xs, []float64{9, 1, 5, 3, 7}) {
-		t.Errorf("Quantile reordered its input: %v", xs)
+		t.Errorf("Of reordered its input: %v", xs)
 	}
 	if got := Of(nil, 0.5); got != 0 {
 		t.Errorf("Of(nil) = %v, want 0", got)
