@@ -1,11 +1,65 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* The one parsing path of xdpguard, shared by the XDP ingress and the TC egress
- * programs: Ethernet, up to MAX_VLAN_DEPTH VLAN tags, IPv4 with options or IPv6
- * with its extension header chain, and UDP.
+ * programs: Ethernet and up to MAX_VLAN_DEPTH VLAN tags (parse_packet), or
+ * nothing at all on links whose frames start at the IP header (parse_l3:
+ * tun, WireGuard, IPIP, GRE, PPP), then one common IP parse: IPv4 with
+ * options or IPv6 with its extension header chain, and UDP.
  *
  * Every read is preceded by a bounds check against data_end that the verifier
  * can see. The parser never reads a transport header out of a non-first
- * fragment: only offset 0 carries one. */
+ * fragment: only offset 0 carries one.
+ *
+ * The kernel judges a packet on the bytes inside its IP length fields, not on
+ * the frame, so every read is bounded by those fields as well (ip_end). A
+ * packet the kernel drops may pass or drop here; a packet the kernel accepts
+ * is never judged on bytes the kernel ignores. Rule by rule, the kernel check
+ * each one mirrors (Linux 6.x):
+ *
+ *  IPv4 (net/ipv4/ip_input.c ip_rcv_core)
+ *   - version != 4 or IHL < 5: the kernel drops (inhdr_error); here malformed.
+ *   - tot_len > frame: dropped (PKT_TOO_SMALL); tot_len < IHL*4: dropped
+ *     (inhdr_error); otherwise the skb is trimmed to tot_len (pskb_trim_rcsum)
+ *     and trailing bytes (Ethernet padding, or a planted header) are ignored.
+ *     Here ip_end = IP header + tot_len: the UDP header must lie before it.
+ *     tot_len < IHL*4 or < IHL*4 + 8 leaves no UDP header: malformed, which
+ *     the kernel drops anyway (udp_rcv's pskb_may_pull of the UDP header).
+ *   - a first fragment (offset 0, MF) whose UDP header is not whole inside
+ *     tot_len: net/ipv4/ip_fragment.c queues it without looking at the
+ *     transport, and the ports would come from a later fragment: malformed
+ *     (fail closed), and the verdict is recorded, so its fragments follow it.
+ *   - later fragments (offset > 0): no transport header; the key (addresses,
+ *     ID, protocol: ip4_frag key) lies in the fixed header.
+ *   - protocol not UDP: passed whatever the lengths say; the protocol byte is
+ *     in the fixed header, and the IPv4 reassembly key includes it, so no
+ *     fragment of another protocol can complete a UDP datagram.
+ *
+ *  IPv6 (net/ipv6/ip6_input.c ip6_rcv_core)
+ *   - version != 6: dropped; here malformed.
+ *   - payload length + 40 > frame: dropped (PKT_TOO_SMALL); otherwise the skb
+ *     is trimmed to 40 + payload length. Here ip_end = header + 40 + payload
+ *     length, and every extension header, fragment header and the UDP header
+ *     must lie before it.
+ *   - payload length 0 with a hop-by-hop header: not trimmed there; a jumbo
+ *     option (net/ipv6/exthdrs.c ipv6_hop_jumbo) then trims to its length,
+ *     which is above 65535, beyond any header this walk reads (at most
+ *     MAX_IPV6_EXT_HDRS * 2048 + 48 bytes), so the frame alone bounds it.
+ *     Payload length 0 without hop-by-hop: trimmed to the bare header, so no
+ *     extension or UDP header is readable; UDP is malformed, others pass.
+ *   - the chain walked past ip_end: the kernel's first-fragment check
+ *     (net/ipv6/reassembly.c ipv6_frag_rcv -> ipv6frag_thdr_truncated) gives
+ *     up without dropping when it cannot walk the chain, queues the fragment,
+ *     and the reassembled datagram continues the chain in the next fragment.
+ *     Here a chain that leaves ip_end while it could still lead to UDP is
+ *     malformed: fail closed.
+ *   - a first fragment whose transport header is cut by ip_end is dropped by
+ *     that same check (ICMPV6_HDR_INCOMP); here malformed.
+ *   - every non-first fragment is PARSE_FRAGMENT whatever its fragment
+ *     header's next header says: the reassembly key (ip6frag key) has no
+ *     protocol, and net/ipv6/reassembly.c takes the datagram's protocol from
+ *     the first fragment. First fragments of any protocol are marked
+ *     first_fragment, so their verdict is recorded for the ones that follow.
+ *   - atomic fragments (offset 0, no MF) are processed as whole packets by
+ *     the kernel (ipv6_frag_rcv returns early): here too. */
 #ifndef XDPGUARD_PARSE_H
 #define XDPGUARD_PARSE_H
 
@@ -20,6 +74,7 @@
 #define IPV6_HLEN 40
 #define UDP_HLEN 8
 #define IPV6_FRAG_HLEN 8
+#define IPV6_MAXPLEN 65535 /* payload length field's range; jumbograms exceed it */
 #define IPV6_EXT_MIN_HLEN 2 /* next header and length: all the walk reads */
 
 #define ETH_P_IP 0x0800
@@ -85,7 +140,9 @@ struct packet {
 	__u16 dport;
 	__u8 family;     /* 4 or 6 once the IP header was read, else 0 */
 	__u8 frag_proto; /* IPv4 protocol / IPv6 fragment header's next header */
-	__u8 first_fragment; /* offset 0 with more fragments to come */
+	/* Offset 0 with more fragments to come, of a datagram whose later
+	 * fragments go through the fragment table: IPv4 UDP, IPv6 anything. */
+	__u8 first_fragment;
 	__u8 pad;
 };
 
@@ -144,14 +201,24 @@ static __always_inline int is_ipv6_ext(__u8 proto)
 	return proto != IPPROTO_UDP && could_lead_to_udp(proto);
 }
 
-static __always_inline enum parse_result parse_udp(void *cursor, void *data_end,
+/* in_packet reports whether n bytes at p lie inside the frame (the check the
+ * verifier needs) and inside the IP packet's own length (the kernel's: see
+ * the header comment). */
+static __always_inline int in_packet(void *p, __u32 n, void *data_end, void *ip_end)
+{
+	return p + n <= data_end && p + n <= ip_end;
+}
+
+static __always_inline enum parse_result parse_udp(void *cursor, void *data_end, void *ip_end,
 						   struct packet *pkt)
 {
 	__u16 *ports = cursor;
 
-	/* A UDP datagram or first fragment too short for its ports is either
-	 * a tiny-fragment trick or garbage: it must not pass unexamined. */
-	if (cursor + UDP_HLEN > data_end)
+	/* A UDP datagram or first fragment too short for its ports, in the
+	 * frame or in its IP length, is a tiny-fragment trick, a header
+	 * planted past the IP length, or garbage: it must not pass
+	 * unexamined. */
+	if (!in_packet(cursor, UDP_HLEN, data_end, ip_end))
 		return PARSE_MALFORMED;
 	pkt->sport = bpf_ntohs(ports[0]);
 	pkt->dport = bpf_ntohs(ports[1]);
@@ -163,7 +230,7 @@ static __always_inline enum parse_result parse_ipv4(void *cursor, void *data_end
 {
 	__u8 *ip = cursor;
 	__u32 hlen;
-	__u16 frag;
+	__u16 frag, tot_len;
 
 	if (cursor + IPV4_MIN_HLEN > data_end)
 		return PARSE_MALFORMED;
@@ -186,13 +253,18 @@ static __always_inline enum parse_result parse_ipv4(void *cursor, void *data_end
 	if (frag & IPV4_FRAG_OFFSET_MASK)
 		return PARSE_FRAGMENT;
 	pkt->first_fragment = (frag & IPV4_FRAG_MORE) != 0;
-	return parse_udp(cursor + hlen, data_end, pkt);
+	/* ip_rcv_core trims the packet to tot_len (or drops it if tot_len is
+	 * below IHL*4 or past the frame): the ports must lie inside it. */
+	tot_len = bpf_ntohs(*(__u16 *)(ip + 2));
+	return parse_udp(cursor + hlen, data_end, cursor + tot_len, pkt);
 }
 
 static __always_inline enum parse_result parse_ipv6(void *cursor, void *data_end,
 						    struct packet *pkt)
 {
 	__u8 *ip = cursor;
+	void *ip_end;
+	__u32 plen;
 	__u8 nexthdr;
 	int i;
 
@@ -204,6 +276,13 @@ static __always_inline enum parse_result parse_ipv6(void *cursor, void *data_end
 	pkt->family = 6;
 	pkt->l3 = ip;
 	nexthdr = ip[6];
+	/* ip6_rcv_core trims to 40 + payload length, except a payload length
+	 * of 0 behind hop-by-hop: a jumbogram, longer than any chain read
+	 * here, so only the frame bounds it. */
+	plen = bpf_ntohs(*(__u16 *)(ip + 4));
+	if (plen == 0 && nexthdr == IPPROTO_HOPOPTS)
+		plen = IPV6_MAXPLEN;
+	ip_end = cursor + IPV6_HLEN + plen;
 	cursor += IPV6_HLEN;
 
 #pragma unroll
@@ -216,24 +295,23 @@ static __always_inline enum parse_result parse_ipv6(void *cursor, void *data_end
 		if (nexthdr == IPPROTO_FRAGMENT) {
 			__u16 frag;
 
-			if (cursor + IPV6_FRAG_HLEN > data_end)
+			if (!in_packet(cursor, IPV6_FRAG_HLEN, data_end, ip_end))
 				return PARSE_MALFORMED;
 			frag = bpf_ntohs(*(__u16 *)(ext + 2));
 			pkt->frag_id = bpf_ntohl(*(__u32 *)(ext + 4));
 			pkt->frag_proto = ext[0];
-			if (frag >> IPV6_FRAG_OFFSET_SHIFT) {
-				/* Past offset 0 the rest is payload. */
-				if (!could_lead_to_udp(ext[0]))
-					return PARSE_NOT_UDP;
+			/* Past offset 0 the rest is payload, of whatever
+			 * protocol the first fragment named: the next header
+			 * here does not count (the kernel ignores it). */
+			if (frag >> IPV6_FRAG_OFFSET_SHIFT)
 				return PARSE_FRAGMENT;
-			}
 			pkt->first_fragment = (frag & IPV6_FRAG_MORE) != 0;
 			nexthdr = ext[0];
 			cursor += IPV6_FRAG_HLEN;
 			continue;
 		}
 
-		if (cursor + IPV6_EXT_MIN_HLEN > data_end)
+		if (!in_packet(cursor, IPV6_EXT_MIN_HLEN, data_end, ip_end))
 			return PARSE_MALFORMED;
 		if (nexthdr == IPPROTO_AH)
 			cursor += ((__u32)ext[1] + IPV6_AH_EXTRA_UNITS) << IPV6_AH_UNIT_SHIFT;
@@ -246,10 +324,11 @@ static __always_inline enum parse_result parse_ipv6(void *cursor, void *data_end
 		return PARSE_MALFORMED; /* chain longer than MAX_IPV6_EXT_HDRS */
 	if (nexthdr != IPPROTO_UDP)
 		return PARSE_NOT_UDP;
-	return parse_udp(cursor, data_end, pkt);
+	return parse_udp(cursor, data_end, ip_end, pkt);
 }
 
-/* parse_packet reads the frame in [data, data_end) into pkt. */
+/* parse_packet reads the Ethernet frame in [data, data_end) into pkt: the L2
+ * prefix, then the common IP parse, the family named by the ethertype. */
 static __always_inline enum parse_result parse_packet(void *data, void *data_end,
 						      struct packet *pkt)
 {
@@ -279,6 +358,26 @@ static __always_inline enum parse_result parse_packet(void *data, void *data_end
 		return parse_ipv4(cursor, data_end, pkt);
 	if (proto == ETH_P_IPV6)
 		return parse_ipv6(cursor, data_end, pkt);
+	return PARSE_NOT_IP;
+}
+
+/* parse_l3 reads a frame that starts at the IP header (tun, WireGuard,
+ * IPIP/GRE, PPP, raw IP links) into pkt; the version nibble picks the
+ * family, as tun does for IFF_NO_PI frames (tun_get_user). Any other version,
+ * or an empty frame, is no IP the kernel accepts (ip_rcv_core and
+ * ip6_rcv_core check the version): passed as not IP. */
+static __always_inline enum parse_result parse_l3(void *data, void *data_end,
+						  struct packet *pkt)
+{
+	__u8 *ip = data;
+
+	pkt->end = data_end;
+	if (data + 1 > data_end)
+		return PARSE_NOT_IP;
+	if ((ip[0] >> 4) == IPV4_VERSION)
+		return parse_ipv4(data, data_end, pkt);
+	if ((ip[0] >> 4) == IPV6_VERSION)
+		return parse_ipv6(data, data_end, pkt);
 	return PARSE_NOT_IP;
 }
 

@@ -5,17 +5,20 @@
  * xdpguard_xdp runs at the driver on ingress and drops UDP to a protected port
  * (this host as a reflector) and from a protected port (a reflected flood aimed
  * at this host) before an skb exists. xdpguard_tc runs on egress (tcx or
- * cls_bpf) and stops amplified answers leaving the host. Both share the parser
- * in parse.h and the policy below; every packet is counted once, under one
- * reason, per CPU.
+ * cls_bpf) and stops amplified answers leaving the host. xdpguard_xdp_l3 and
+ * xdpguard_tc_l3 are the same two for links whose frames start at the IP
+ * header (tun, WireGuard, IPIP/GRE, PPP); the loader picks the pair from the
+ * link's type. All four share the parser in parse.h and the policy below;
+ * every packet is counted once, under one reason, per CPU.
  *
  * The policy, in order:
  *   1. not UDP, or no protected port in the datagram: pass;
  *   2. the peer (ingress: source, egress: destination) is allowlisted: pass;
  *   3. destination port protected: drop_request; source port: drop_response;
  *   4. monitor mode turns every drop into a pass counted as would_drop.
- * Later fragments follow their first fragment's verdict (frag table); headers
- * that cannot be read where the packet could be UDP are dropped. */
+ * Later fragments follow their first fragment's verdict (frag table), per
+ * hook, for as long as the kernel would keep the datagram's fragments queued;
+ * headers that cannot be read where the packet could be UDP are dropped. */
 
 #include "parse.h"
 
@@ -80,13 +83,22 @@ struct lpm_v6_key {
 	__u8 addr[16];
 };
 
+/* The pinned fragment table's layout: changing key or value makes the loader
+ * replace an older table in place (loader/fragsmap.go). */
 struct frag_key {
 	__u32 saddr[4];
 	__u32 daddr[4];
 	__u32 id;
 	__u8 family;
 	__u8 proto; /* IPv4 only: the IPv6 identification has no protocol */
-	__u16 pad;
+	__u8 hook;  /* enum hook: ingress and egress verdicts are separate */
+	__u8 pad;
+};
+
+struct frag_verdict {
+	__u64 seen_ns;      /* bpf_ktime_get_ns() when the first fragment was seen */
+	enum reason reason; /* the first fragment's, before monitor mode */
+	__u32 pad;
 };
 
 struct counter {
@@ -97,6 +109,17 @@ struct counter {
 /* Sizes the loader may override before load. */
 #define ALLOW_MAX_ENTRIES (1 << 20)
 #define FRAG_MAX_ENTRIES 65536
+
+#define NSEC_PER_SEC 1000000000ULL
+
+/* How long a first fragment's verdict lasts: the kernel's own reassembly
+ * timeouts (net.ipv4.ipfrag_time, net.ipv6.ip6frag_time; defaults 30 s and
+ * 60 s), which the loader reads where it attaches and sets before load. Past
+ * them the kernel has dropped the datagram's queue, so an older entry counts
+ * as absent: a later fragment of a new datagram reusing the ID is an orphan,
+ * not the heir of a stale verdict. */
+volatile const __u64 ipfrag_time_ns = 30 * NSEC_PER_SEC;
+volatile const __u64 ip6frag_time_ns = 60 * NSEC_PER_SEC;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -128,7 +151,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, FRAG_MAX_ENTRIES);
 	__type(key, struct frag_key);
-	__type(value, enum reason); /* the first fragment's, before monitor mode */
+	__type(value, struct frag_verdict);
 } xdpguard_frags SEC(".maps");
 
 /* One instance per attached interface: slot = hook * REASON_MAX + reason. */
@@ -181,9 +204,11 @@ static __always_inline int allowlisted(const struct config *cfg, const struct pa
 	return bpf_map_lookup_elem(&xdpguard_allow6, &key) != NULL;
 }
 
-/* frag_key_of fills key with the datagram's identity; 0 when the addresses
- * cannot be read (unreachable after parsing, checked for the verifier). */
-static __always_inline int frag_key_of(const struct packet *pkt, struct frag_key *key)
+/* frag_key_of fills key with the datagram's identity as seen at hook; 0 when
+ * the addresses cannot be read (unreachable after parsing, checked for the
+ * verifier). */
+static __always_inline int frag_key_of(const struct packet *pkt, enum hook hook,
+				       struct frag_key *key)
 {
 	const __u8 *ip;
 
@@ -205,6 +230,8 @@ static __always_inline int frag_key_of(const struct packet *pkt, struct frag_key
 	}
 	key->id = pkt->frag_id;
 	key->family = pkt->family;
+	/* A forwarded datagram meets both hooks; each keeps its own verdict. */
+	key->hook = hook;
 	return 1;
 }
 
@@ -217,14 +244,21 @@ static __always_inline enum reason decide(enum parse_result res, const struct pa
 
 	if (res == PARSE_FRAGMENT) {
 		struct frag_key key = {};
-		enum reason *first;
+		struct frag_verdict *first;
+		__u64 max_age = pkt->family == 4 ? ipfrag_time_ns : ip6frag_time_ns;
+		enum reason r;
 
-		first = frag_key_of(pkt, &key) ? bpf_map_lookup_elem(&xdpguard_frags, &key) : NULL;
+		first = frag_key_of(pkt, hook, &key) ? bpf_map_lookup_elem(&xdpguard_frags, &key) : NULL;
+		/* Older than the kernel's reassembly timeout: that datagram's
+		 * queue is gone, and so is its verdict. */
+		if (first && bpf_ktime_get_ns() - first->seen_ns > max_age)
+			first = NULL;
 		if (!first)
 			return cfg->frag_policy == FRAG_STRICT ? REASON_DROP_ORPHAN_FRAGMENT
 							       : REASON_PASS_ORPHAN_FRAGMENT;
 		/* The first fragment was allowlisted or passed: so is this one. */
-		return is_drop(*first) ? REASON_DROP_FRAGMENT : *first;
+		r = first->reason;
+		return is_drop(r) ? REASON_DROP_FRAGMENT : r;
 	}
 
 	if (res != PARSE_UDP)
@@ -243,9 +277,16 @@ static __always_inline enum reason decide(enum parse_result res, const struct pa
 	return REASON_PASS;
 }
 
+/* Where a program's frames start: the link type the loader attaches it to. */
+enum frame_start {
+	FRAME_ETHERNET, /* Ethernet header, maybe VLAN tags */
+	FRAME_L3,       /* the IP header */
+};
+
 /* classify is the whole policy for one frame: parse, decide, remember a first
  * fragment's verdict for the fragments that follow, apply monitor mode. */
-static __always_inline enum reason classify(void *data, void *data_end, enum hook hook)
+static __always_inline enum reason classify(void *data, void *data_end, enum hook hook,
+					    enum frame_start start)
 {
 	struct packet pkt = {};
 	enum parse_result res;
@@ -258,11 +299,14 @@ static __always_inline enum reason classify(void *data, void *data_end, enum hoo
 	 * materialises as a dozen spills on each of them (measured: the
 	 * IPv4 drop path was twice as long). */
 	asm volatile("" : : "r"(&pkt) : "memory");
-	res = parse_packet(data, data_end, &pkt);
+	if (start == FRAME_L3)
+		res = parse_l3(data, data_end, &pkt);
+	else
+		res = parse_packet(data, data_end, &pkt);
 	/* The pass path: no map but the config array is touched. */
 	if (res == PARSE_NOT_IP)
 		return REASON_PASS;
-	if (res == PARSE_NOT_UDP && !(pkt.first_fragment && could_lead_to_udp(pkt.frag_proto)))
+	if (res == PARSE_NOT_UDP && !pkt.first_fragment)
 		return REASON_PASS;
 
 	cfg = bpf_map_lookup_elem(&xdpguard_config, &zero);
@@ -271,11 +315,14 @@ static __always_inline enum reason classify(void *data, void *data_end, enum hoo
 
 	r = decide(res, &pkt, cfg, hook);
 
-	if (pkt.first_fragment && could_lead_to_udp(pkt.frag_proto)) {
+	/* BPF_ANY: a later first fragment of the same datagram (a legitimate
+	 * one after a spoofed one, or a retransmission) overwrites the
+	 * verdict, as it is what the kernel will reassemble from. */
+	if (pkt.first_fragment) {
 		struct frag_key key = {};
-		enum reason verdict = r;
+		struct frag_verdict verdict = { .seen_ns = bpf_ktime_get_ns(), .reason = r };
 
-		if (frag_key_of(&pkt, &key))
+		if (frag_key_of(&pkt, hook, &key))
 			bpf_map_update_elem(&xdpguard_frags, &key, &verdict, BPF_ANY);
 	}
 
@@ -295,17 +342,30 @@ static __always_inline void count(enum hook hook, enum reason r, __u64 bytes)
 	}
 }
 
-SEC("xdp")
-int xdpguard_xdp(struct xdp_md *ctx)
+static __always_inline int run_xdp(struct xdp_md *ctx, enum frame_start start)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	enum reason r = classify(data, data_end, HOOK_XDP_INGRESS);
+	enum reason r = classify(data, data_end, HOOK_XDP_INGRESS, start);
 
 	count(HOOK_XDP_INGRESS, r, data_end - data);
 	/* Dropped here, the datagram never costs an skb, a socket lookup or a
 	 * reassembly slot. */
 	return is_drop(r) ? XDP_DROP : XDP_PASS;
+}
+
+SEC("xdp")
+int xdpguard_xdp(struct xdp_md *ctx)
+{
+	return run_xdp(ctx, FRAME_ETHERNET);
+}
+
+/* For links without an Ethernet header: generic and native XDP both hand
+ * over the frame from the IP header on. */
+SEC("xdp")
+int xdpguard_xdp_l3(struct xdp_md *ctx)
+{
+	return run_xdp(ctx, FRAME_L3);
 }
 
 /* Headers the egress program needs linear: Ethernet, two tags, IPv6 and a
@@ -314,8 +374,7 @@ int xdpguard_xdp(struct xdp_md *ctx)
 #define TC_ACT_UNSPEC (-1) /* = TCX_NEXT: let later programs run */
 #define TC_ACT_SHOT 2      /* = TCX_DROP */
 
-SEC("tc")
-int xdpguard_tc(struct __sk_buff *skb)
+static __always_inline int run_tc(struct __sk_buff *skb, enum frame_start start)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -329,8 +388,23 @@ int xdpguard_tc(struct __sk_buff *skb)
 		data_end = (void *)(long)skb->data_end;
 	}
 
-	r = classify(data, data_end, HOOK_TC_EGRESS);
+	r = classify(data, data_end, HOOK_TC_EGRESS, start);
 	count(HOOK_TC_EGRESS, r, skb->len);
 	/* An amplified answer stopped here never reaches the wire. */
 	return is_drop(r) ? TC_ACT_SHOT : TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int xdpguard_tc(struct __sk_buff *skb)
+{
+	return run_tc(skb, FRAME_ETHERNET);
+}
+
+/* For links without an Ethernet header: on egress skb->data is the IP header
+ * there. The version nibble, not skb->protocol, picks the family, as at XDP:
+ * one parse for both hooks, and the receiver checks the version too. */
+SEC("tc")
+int xdpguard_tc_l3(struct __sk_buff *skb)
+{
+	return run_tc(skb, FRAME_L3);
 }

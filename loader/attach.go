@@ -152,12 +152,16 @@ func (g *Guard) Attach(name string, opts AttachOptions) (res AttachResult, err e
 	if err != nil {
 		return res, err
 	}
+	kind, err := entryPoints(l)
+	if err != nil {
+		return res, err
+	}
 	ifindex := l.Attrs().Index
 	res = AttachResult{Interface: name, Ifindex: ifindex}
 	dir := g.ifaceDir(ifindex)
 
 	if _, err := os.Stat(filepath.Join(dir, pinXDPLink)); err == nil {
-		return g.reattach(l, dir, opts, res)
+		return g.reattach(l, kind, dir, opts, res)
 	}
 	if err := refuseForeign(l, opts); err != nil {
 		return res, err
@@ -183,7 +187,8 @@ func (g *Guard) Attach(name string, opts AttachOptions) (res AttachResult, err e
 		return res, err
 	}
 
-	xl, mode, err := attachXDP(l, dp.XDP, opts)
+	xdpProg, tcProg := dp.Programs(kind)
+	xl, mode, err := attachXDP(l, xdpProg, opts)
 	if err != nil {
 		return res, err
 	}
@@ -201,7 +206,7 @@ func (g *Guard) Attach(name string, opts AttachOptions) (res AttachResult, err e
 	}
 
 	if opts.Egress {
-		backend, err := g.attachTC(l, dir, dp.TC, opts.TCBackend, &t)
+		backend, err := g.attachTC(l, dir, tcProg, opts.TCBackend, &t)
 		if err != nil {
 			return res, err
 		}
@@ -363,7 +368,7 @@ func driverName(ifname string) string {
 
 // reattach handles an interface we already hold: no-op, egress added, or the
 // programs swapped in place through the links (an upgrade).
-func (g *Guard) reattach(l netlink.Link, dir string, opts AttachOptions, res AttachResult) (AttachResult, error) {
+func (g *Guard) reattach(l netlink.Link, kind linkKind, dir string, opts AttachOptions, res AttachResult) (AttachResult, error) {
 	res.Action = "unchanged"
 	cur, err := loadAttachment(dir, l.Attrs().Index)
 	if err != nil {
@@ -384,7 +389,8 @@ func (g *Guard) reattach(l netlink.Link, dir string, opts AttachOptions, res Att
 		return res, err
 	}
 	defer dp.Close()
-	changed, err := cur.programsChanged(dp)
+	xdpProg, tcProg := dp.Programs(kind)
+	changed, err := cur.programsChanged(xdpProg)
 	if err != nil {
 		return res, err
 	}
@@ -394,17 +400,17 @@ func (g *Guard) reattach(l netlink.Link, dir string, opts AttachOptions, res Att
 	}
 
 	if changed || opts.Reload {
-		if err := cur.xdp.Update(dp.XDP); err != nil {
+		if err := cur.xdp.Update(xdpProg); err != nil {
 			return res, fmt.Errorf("replace XDP program: %w", err)
 		}
-		if err := cur.replaceTC(l, dp.TC); err != nil {
+		if err := cur.replaceTC(l, tcProg); err != nil {
 			return res, err
 		}
 		res.Action = "replaced"
 	}
 	if needTC {
 		var t txn
-		backend, err := g.attachTC(l, dir, dp.TC, opts.TCBackend, &t)
+		backend, err := g.attachTC(l, dir, tcProg, opts.TCBackend, &t)
 		t.end(err)
 		if err != nil {
 			return res, err

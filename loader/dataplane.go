@@ -3,25 +3,105 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 )
 
-// Dataplane is one loaded instance of the two programs with its own
-// counters, sharing Maps with every other instance. One is loaded per
-// attached interface, so counters are per interface by construction.
+// Dataplane is one loaded instance of the programs with its own counters,
+// sharing Maps with every other instance. One is loaded per attached
+// interface, so counters are per interface by construction. XDP and TC parse
+// Ethernet frames; XDPL3 and TCL3 are the same programs for links whose
+// frames start at the IP header (Programs picks the pair for a link).
 type Dataplane struct {
 	XDP   *ebpf.Program
 	TC    *ebpf.Program
+	XDPL3 *ebpf.Program
+	TCL3  *ebpf.Program
 	Stats *ebpf.Map // per-CPU counters: slot = hook*ReasonCount + reason
 }
 
-// LoadDataplane loads the programs against shared maps. stats, when not nil,
+// FragTimeouts are how long a first fragment's verdict lasts, per family:
+// the kernel's reassembly timeouts, net.ipv4.ipfrag_time and
+// net.ipv6.ip6frag_time.
+type FragTimeouts struct {
+	IPv4, IPv6 time.Duration
+}
+
+// The kernel's defaults (include/net/ip.h IP_FRAG_TIME, include/net/ipv6.h
+// IPV6_FRAG_TIMEOUT), used where a sysctl cannot be read (IPv6 disabled at
+// boot leaves no net.ipv6 directory).
+const (
+	defaultIPFragTime  = 30 * time.Second
+	defaultIP6FragTime = 60 * time.Second
+)
+
+// sysctlDir is where ReadFragTimeouts reads; tests point it elsewhere.
+var sysctlDir = "/proc/sys/net"
+
+// ReadFragTimeouts reads the reassembly timeouts of the calling thread's
+// network namespace: /proc/sys/net answers for the namespace of whoever
+// reads it, and xdpguard attaches in the namespace it runs in, so these are
+// the attached interface's own.
+func ReadFragTimeouts() (FragTimeouts, error) {
+	read := func(rel string, def time.Duration) (time.Duration, error) {
+		path := filepath.Join(sysctlDir, rel)
+		b, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) {
+			return def, nil
+		}
+		if err != nil {
+			return 0, fmt.Errorf("read %s: %w", path, err)
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("%s holds %q: want a number of seconds", path, strings.TrimSpace(string(b)))
+		}
+		return time.Duration(n) * time.Second, nil
+	}
+	var t FragTimeouts
+	var err error
+	if t.IPv4, err = read("ipv4/ipfrag_time", defaultIPFragTime); err != nil {
+		return t, err
+	}
+	if t.IPv6, err = read("ipv6/ip6frag_time", defaultIP6FragTime); err != nil {
+		return t, err
+	}
+	return t, nil
+}
+
+// LoadDataplane loads the programs against shared maps, with the fragment
+// timeouts of the calling thread's network namespace. stats, when not nil,
 // is reused (an upgrade keeps its counters); otherwise a new map is made.
 func LoadDataplane(m *Maps, stats *ebpf.Map) (*Dataplane, error) {
+	timeouts, err := ReadFragTimeouts()
+	if err != nil {
+		return nil, err
+	}
+	return LoadDataplaneWith(m, stats, timeouts)
+}
+
+// LoadDataplaneWith is LoadDataplane with the fragment timeouts given.
+func LoadDataplaneWith(m *Maps, stats *ebpf.Map, timeouts FragTimeouts) (*Dataplane, error) {
 	spec, _, err := specs()
 	if err != nil {
 		return nil, err
+	}
+	for name, d := range map[string]time.Duration{
+		xdpguardVarIpfragTimeNs:  timeouts.IPv4,
+		xdpguardVarIp6fragTimeNs: timeouts.IPv6,
+	} {
+		v, ok := spec.Variables[name]
+		if !ok {
+			return nil, fmt.Errorf("BPF object has no variable %s", name)
+		}
+		if err := v.Set(uint64(d.Nanoseconds())); err != nil {
+			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
 	}
 	repl := m.replacements()
 	if stats != nil {
@@ -32,7 +112,11 @@ func LoadDataplane(m *Maps, stats *ebpf.Map) (*Dataplane, error) {
 	if err != nil {
 		return nil, verifierError(err)
 	}
-	return &Dataplane{XDP: objs.XdpguardXdp, TC: objs.XdpguardTc, Stats: objs.XdpguardStats}, nil
+	return &Dataplane{
+		XDP: objs.XdpguardXdp, TC: objs.XdpguardTc,
+		XDPL3: objs.XdpguardXdpL3, TCL3: objs.XdpguardTcL3,
+		Stats: objs.XdpguardStats,
+	}, nil
 }
 
 // verifierError keeps the verifier's whole log in the error: a load that
@@ -45,9 +129,17 @@ func verifierError(err error) error {
 	return fmt.Errorf("load BPF programs: %w", err)
 }
 
+// Programs returns the XDP and TC programs for frames of kind k.
+func (d *Dataplane) Programs(k linkKind) (xdp, tc *ebpf.Program) {
+	if k == linkL3 {
+		return d.XDPL3, d.TCL3
+	}
+	return d.XDP, d.TC
+}
+
 // Close releases the programs and the counters map's descriptor.
 func (d *Dataplane) Close() error {
-	return errors.Join(d.XDP.Close(), d.TC.Close(), d.Stats.Close())
+	return errors.Join(d.XDP.Close(), d.TC.Close(), d.XDPL3.Close(), d.TCL3.Close(), d.Stats.Close())
 }
 
 // Counter is a packet and byte count.

@@ -130,6 +130,9 @@ func (g *Guard) openMaps(create bool) (m *Maps, created bool, err error) {
 		if info, err := mp.Info(); err == nil {
 			want.MaxEntries = info.MaxEntries // sizes may be overridden
 		}
+		if spec == s.XdpguardFrags { // a cache: an older layout is replaced in place
+			return openFragsPin(path, want, mp)
+		}
 		if err := want.Compatible(mp); err != nil {
 			mp.Close()
 			return nil, fmt.Errorf("%s: %w (%v): run `xdpguard detach --all`, then attach again", path, ErrIncompatible, err)

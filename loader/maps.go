@@ -205,7 +205,7 @@ func (m *Maps) ClearFrags() error {
 	var key xdpguardFragKey
 	var keys []xdpguardFragKey
 	it := m.Frags.Iterate()
-	var v uint32
+	var v xdpguardFragVerdict
 	for it.Next(&key, &v) {
 		keys = append(keys, key)
 	}

@@ -67,9 +67,10 @@ func (a *attachment) egress() string {
 }
 
 // programsChanged reports whether the attached XDP program differs from
-// next, a freshly loaded instance of the one this binary carries: then attach
-// is an upgrade. Both tags are the kernel's, computed the same way.
-func (a *attachment) programsChanged(next *Dataplane) (bool, error) {
+// next, a freshly loaded instance of the one this binary carries for the
+// link's kind: then attach is an upgrade. Both tags are the kernel's,
+// computed the same way.
+func (a *attachment) programsChanged(next *ebpf.Program) (bool, error) {
 	info, err := a.xdp.Info()
 	if err != nil {
 		return false, fmt.Errorf("read XDP link: %w", err)
@@ -83,7 +84,7 @@ func (a *attachment) programsChanged(next *Dataplane) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("read attached program %d: %w", info.Program, err)
 	}
-	want, err := next.XDP.Info()
+	want, err := next.Info()
 	if err != nil {
 		return false, fmt.Errorf("read loaded program: %w", err)
 	}

@@ -35,7 +35,8 @@ type xdpguardFragKey struct {
 	Id     uint32
 	Family uint8
 	Proto  uint8
-	Pad    uint16
+	Hook   uint8
+	Pad    uint8
 }
 
 type xdpguardFragPolicy uint32
@@ -44,6 +45,13 @@ const (
 	xdpguardFragPolicyFRAG_TRACK  xdpguardFragPolicy = 0
 	xdpguardFragPolicyFRAG_STRICT xdpguardFragPolicy = 1
 )
+
+type xdpguardFragVerdict struct {
+	_      structs.HostLayout
+	SeenNs uint64
+	Reason xdpguardReason
+	Pad    uint32
+}
 
 type xdpguardLpmV4Key struct {
 	_         structs.HostLayout
@@ -89,7 +97,11 @@ const (
 	xdpguardMapXdpguardFrags  = "xdpguard_frags"
 	xdpguardMapXdpguardStats  = "xdpguard_stats"
 	xdpguardProgXdpguardTc    = "xdpguard_tc"
+	xdpguardProgXdpguardTcL3  = "xdpguard_tc_l3"
 	xdpguardProgXdpguardXdp   = "xdpguard_xdp"
+	xdpguardProgXdpguardXdpL3 = "xdpguard_xdp_l3"
+	xdpguardVarIp6fragTimeNs  = "ip6frag_time_ns"
+	xdpguardVarIpfragTimeNs   = "ipfrag_time_ns"
 )
 
 // loadXdpguard returns the embedded CollectionSpec for xdpguard.
@@ -134,8 +146,10 @@ type xdpguardSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpguardProgramSpecs struct {
-	XdpguardTc  *ebpf.ProgramSpec `ebpf:"xdpguard_tc"`
-	XdpguardXdp *ebpf.ProgramSpec `ebpf:"xdpguard_xdp"`
+	XdpguardTc    *ebpf.ProgramSpec `ebpf:"xdpguard_tc"`
+	XdpguardTcL3  *ebpf.ProgramSpec `ebpf:"xdpguard_tc_l3"`
+	XdpguardXdp   *ebpf.ProgramSpec `ebpf:"xdpguard_xdp"`
+	XdpguardXdpL3 *ebpf.ProgramSpec `ebpf:"xdpguard_xdp_l3"`
 }
 
 // xdpguardMapSpecs contains maps before they are loaded into the kernel.
@@ -153,6 +167,8 @@ type xdpguardMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpguardVariableSpecs struct {
+	Ip6fragTimeNs *ebpf.VariableSpec `ebpf:"ip6frag_time_ns"`
+	IpfragTimeNs  *ebpf.VariableSpec `ebpf:"ipfrag_time_ns"`
 }
 
 // xdpguardObjects contains all objects after they have been loaded into the kernel.
@@ -196,20 +212,26 @@ func (m *xdpguardMaps) Close() error {
 //
 // It can be passed to loadXdpguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpguardVariables struct {
+	Ip6fragTimeNs *ebpf.Variable `ebpf:"ip6frag_time_ns"`
+	IpfragTimeNs  *ebpf.Variable `ebpf:"ipfrag_time_ns"`
 }
 
 // xdpguardPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadXdpguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpguardPrograms struct {
-	XdpguardTc  *ebpf.Program `ebpf:"xdpguard_tc"`
-	XdpguardXdp *ebpf.Program `ebpf:"xdpguard_xdp"`
+	XdpguardTc    *ebpf.Program `ebpf:"xdpguard_tc"`
+	XdpguardTcL3  *ebpf.Program `ebpf:"xdpguard_tc_l3"`
+	XdpguardXdp   *ebpf.Program `ebpf:"xdpguard_xdp"`
+	XdpguardXdpL3 *ebpf.Program `ebpf:"xdpguard_xdp_l3"`
 }
 
 func (p *xdpguardPrograms) Close() error {
 	return _XdpguardClose(
 		p.XdpguardTc,
+		p.XdpguardTcL3,
 		p.XdpguardXdp,
+		p.XdpguardXdpL3,
 	)
 }
 

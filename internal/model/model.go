@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"time"
 )
 
 // Reason is why a frame got its verdict. The names are the data plane's
@@ -115,7 +116,17 @@ type Config struct {
 	FragPolicy FragPolicy
 	Ports      []uint16       // protected UDP ports
 	Allow      []netip.Prefix // trusted peers, IPv4 and IPv6 mixed
+	// How long a first fragment's verdict lasts, per family: the kernel's
+	// reassembly timeouts. Zero means the kernel's defaults, 30 s for IPv4
+	// (ipfrag_time) and 60 s for IPv6 (ip6frag_time).
+	FragTimeout4, FragTimeout6 time.Duration
 }
+
+// The kernel's default reassembly timeouts.
+const (
+	defaultFragTimeout4 = 30 * time.Second
+	defaultFragTimeout6 = 60 * time.Second
+)
 
 // Result is the model's answer for one frame.
 type Result struct {
@@ -124,15 +135,24 @@ type Result struct {
 	Parse   Parsed // what the parser saw, for failure dumps
 }
 
-// FragKey identifies the datagram a fragment belongs to: both addresses (IPv4
-// in the first four bytes), the identification, the family and, for IPv4
-// only, the protocol. IPv6 has no protocol in the key: its identification is
-// unique per address pair whatever the payload.
+// FragKey identifies the datagram a fragment belongs to, at one hook: both
+// addresses (IPv4 in the first four bytes), the identification, the family
+// and, for IPv4 only, the protocol. IPv6 has no protocol in the key: its
+// identification is unique per address pair whatever the payload, and the
+// kernel takes the protocol from the first fragment. Each hook keeps its own
+// verdicts: a forwarded datagram meets both.
 type FragKey struct {
 	Src, Dst [16]byte
 	ID       uint32
 	Family   uint8
 	Proto    uint8
+	Hook     Hook
+}
+
+// fragEntry is a first fragment's verdict and when it was recorded.
+type fragEntry struct {
+	reason Reason
+	at     time.Duration
 }
 
 // Model holds a configuration and the fragment table; it is not safe for
@@ -142,19 +162,30 @@ type Model struct {
 	ports  map[uint16]bool
 	allow4 []netip.Prefix
 	allow6 []netip.Prefix
-	frags  map[FragKey]Reason
+	frags  map[FragKey]fragEntry
+	now    time.Duration // the model's clock: Advance moves it
 }
 
 // New returns a model with cfg and an empty fragment table.
 func New(cfg Config) *Model {
-	m := &Model{frags: make(map[FragKey]Reason)}
+	m := &Model{frags: make(map[FragKey]fragEntry)}
 	m.SetConfig(cfg)
 	return m
 }
 
+// Advance moves the model's clock on by d: fragment verdicts older than the
+// family's timeout count as absent.
+func (m *Model) Advance(d time.Duration) { m.now += d }
+
 // SetConfig replaces the configuration; the fragment table is kept, as the
 // data plane keeps it across configuration changes.
 func (m *Model) SetConfig(cfg Config) {
+	if cfg.FragTimeout4 == 0 {
+		cfg.FragTimeout4 = defaultFragTimeout4
+	}
+	if cfg.FragTimeout6 == 0 {
+		cfg.FragTimeout6 = defaultFragTimeout6
+	}
 	m.cfg = cfg
 	m.ports = make(map[uint16]bool, len(cfg.Ports))
 	for _, p := range cfg.Ports {
@@ -176,24 +207,34 @@ func (m *Model) Config() Config { return m.cfg }
 // ClearFrags empties the fragment table.
 func (m *Model) ClearFrags() { clear(m.frags) }
 
-// Frags returns a copy of the fragment table.
+// Frags returns a copy of the fragment table's verdicts, expired ones
+// included.
 func (m *Model) Frags() map[FragKey]Reason {
 	out := make(map[FragKey]Reason, len(m.frags))
 	for k, v := range m.frags {
-		out[k] = v
+		out[k] = v.reason
 	}
 	return out
 }
 
-// Classify runs the policy on one frame seen at hook, updating the fragment
-// table when the frame is a first fragment.
+// Classify runs the policy on one Ethernet frame seen at hook, updating the
+// fragment table when the frame is a first fragment.
 func (m *Model) Classify(frame []byte, hook Hook) Result {
-	p := Parse(frame)
+	return m.classify(Parse(frame), hook)
+}
+
+// ClassifyL3 is Classify for a frame that starts at the IP header, as on a
+// tun device.
+func (m *Model) ClassifyL3(frame []byte, hook Hook) Result {
+	return m.classify(ParseL3(frame), hook)
+}
+
+func (m *Model) classify(p Parsed, hook Hook) Result {
 	r := m.decide(&p, hook)
-	if p.FirstFragment && couldLeadToUDP(p.FragProto) {
+	if p.FirstFragment {
 		// A first fragment's verdict, before monitor mode, is what its
-		// later fragments inherit.
-		m.frags[p.fragKey()] = r
+		// later fragments inherit; a newer first fragment replaces it.
+		m.frags[p.fragKey(hook)] = fragEntry{reason: r, at: m.now}
 	}
 	if r.Dropped() && m.cfg.Mode == Monitor {
 		r = WouldDrop
@@ -210,17 +251,24 @@ func (m *Model) decide(p *Parsed, hook Hook) Reason {
 	case Malformed:
 		return DropMalformed
 	case Fragment:
-		first, ok := m.frags[p.fragKey()]
+		first, ok := m.frags[p.fragKey(hook)]
+		timeout := m.cfg.FragTimeout6
+		if p.Family == 4 {
+			timeout = m.cfg.FragTimeout4
+		}
+		if ok && m.now-first.at > timeout {
+			ok = false // the kernel dropped that datagram's queue
+		}
 		if !ok {
 			if m.cfg.FragPolicy == Strict {
 				return DropOrphanFragment
 			}
 			return PassOrphanFragment
 		}
-		if first.Dropped() {
+		if first.reason.Dropped() {
 			return DropFragment
 		}
-		return first
+		return first.reason
 	case UDP:
 		var drop Reason
 		switch {
@@ -280,21 +328,23 @@ func (k Kind) String() string {
 // Parsed is what the parser read from a frame. Fields past the point where
 // parsing stopped keep their zero value, exactly as far as the policy cares.
 type Parsed struct {
-	Kind          Kind
-	Why           string // for a Malformed or NotIP result, what gave out
-	Family        uint8  // 4 or 6 once an IP header was read
-	Src, Dst      netip.Addr
-	SrcPort       uint16
-	DstPort       uint16
-	FragID        uint32 // IPv4 ID or IPv6 identification
-	FragProto     uint8  // IPv4 protocol or the fragment header's next header
-	FirstFragment bool   // offset 0 with more fragments to come
+	Kind      Kind
+	Why       string // for a Malformed or NotIP result, what gave out
+	Family    uint8  // 4 or 6 once an IP header was read
+	Src, Dst  netip.Addr
+	SrcPort   uint16
+	DstPort   uint16
+	FragID    uint32 // IPv4 ID or IPv6 identification
+	FragProto uint8  // IPv4 protocol or the fragment header's next header
+	// FirstFragment: offset 0 with more fragments to come, of a datagram
+	// whose later fragments are tracked: IPv4 UDP, IPv6 of any protocol.
+	FirstFragment bool
 	VLANs         int
 	ExtHeaders    int
 }
 
-func (p *Parsed) fragKey() FragKey {
-	k := FragKey{ID: p.FragID, Family: p.Family}
+func (p *Parsed) fragKey(hook Hook) FragKey {
+	k := FragKey{ID: p.FragID, Family: p.Family, Hook: hook}
 	if p.Family == 4 {
 		s, d := p.Src.As4(), p.Dst.As4()
 		copy(k.Src[:], s[:])
@@ -345,6 +395,7 @@ const (
 	protoDstOpts   = 60
 	ipv4OffsetMask = 0x1fff
 	ipv4MoreFrags  = 0x2000
+	ipv6MaxPayload = 65535 // a jumbogram's length lies beyond it
 )
 
 func couldLeadToUDP(proto uint8) bool {
@@ -357,7 +408,27 @@ func couldLeadToUDP(proto uint8) bool {
 
 func isExt(proto uint8) bool { return proto != protoUDP && couldLeadToUDP(proto) }
 
-// Parse reads a frame the way the data plane does.
+// ParseL3 reads a frame that starts at the IP header: the version nibble
+// says which. An empty frame or another version is not IP: the kernel checks
+// the version and drops it.
+func ParseL3(frame []byte) Parsed {
+	var p Parsed
+	if len(frame) == 0 {
+		p.Kind, p.Why = NotIP, "empty"
+		return p
+	}
+	switch frame[0] >> 4 {
+	case 4:
+		parseIPv4(frame, &p)
+	case 6:
+		parseIPv6(frame, &p)
+	default:
+		p.Kind, p.Why = NotIP, fmt.Sprintf("IP version %d", frame[0]>>4)
+	}
+	return p
+}
+
+// Parse reads an Ethernet frame the way the data plane does.
 func Parse(frame []byte) Parsed {
 	var p Parsed
 	if len(frame) < ethHeaderLen {
@@ -423,6 +494,16 @@ func parseIPv4(b []byte, p *Parsed) {
 		return
 	}
 	p.FirstFragment = frag&ipv4MoreFrags != 0
+	// The kernel trims the packet to its total length (and drops it when
+	// the total length is shorter than the header or longer than the
+	// frame): bytes past it are not the packet's.
+	if totLen := int(binary.BigEndian.Uint16(b[2:4])); totLen < len(b) {
+		b = b[:totLen]
+	}
+	if ihl > len(b) {
+		p.Kind, p.Why = Malformed, "IPv4 total length shorter than the header"
+		return
+	}
 	parseUDP(b[ihl:], p)
 }
 
@@ -449,6 +530,16 @@ func parseIPv6(b []byte, p *Parsed) {
 	p.Src = netip.AddrFrom16([16]byte(b[8:24]))
 	p.Dst = netip.AddrFrom16([16]byte(b[24:40]))
 	next := b[6]
+	// The kernel trims the packet to 40 + payload length, except for a
+	// payload length of 0 behind hop-by-hop: a jumbogram, whose real
+	// length lies past anything read here.
+	plen := int(binary.BigEndian.Uint16(b[4:6]))
+	if plen == 0 && next == protoHopByHop {
+		plen = ipv6MaxPayload
+	}
+	if ipv6HeaderLen+plen < len(b) {
+		b = b[:ipv6HeaderLen+plen]
+	}
 	off := ipv6HeaderLen
 	for isExt(next) {
 		if p.ExtHeaders == maxIPv6Ext {
@@ -466,11 +557,9 @@ func parseIPv6(b []byte, p *Parsed) {
 			p.FragID = binary.BigEndian.Uint32(h[4:8])
 			p.FragProto = h[0]
 			if fo>>3 != 0 {
-				// Past offset 0 there is no header to read, only payload.
-				if !couldLeadToUDP(h[0]) {
-					p.Kind = NotUDP
-					return
-				}
+				// Past offset 0 there is no header to read, only
+				// payload, of the protocol the first fragment named:
+				// this header's next header does not count.
 				p.Kind = Fragment
 				return
 			}

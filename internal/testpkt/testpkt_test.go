@@ -230,3 +230,41 @@ func TestEthernetRaw(t *testing.T) {
 		t.Fatal("mixed families accepted")
 	}
 }
+
+func TestL3AndIPLength(t *testing.T) {
+	v4 := Must(MemcachedRequest(v4a, v4b, 1, Stats).With(VLAN(3)).Frame())
+	l3, ok := L3(v4)
+	if !ok || len(l3) != len(v4)-18 || l3[0]>>4 != 4 {
+		t.Fatalf("L3 of a tagged IPv4 frame: ok=%t, %d bytes, first byte %#x", ok, len(l3), l3[0])
+	}
+	field, actual, err := IPLength(v4)
+	if err != nil || field != actual || field != 20+8+15 {
+		t.Fatalf("IPLength: %d, %d, %v; want 43 twice", field, actual, err)
+	}
+	short, err := SetIPLength(v4, 24)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f, _, _ := IPLength(short); f != 24 || bytes.Equal(short, v4) {
+		t.Fatalf("SetIPLength(24) left the field at %d", f)
+	}
+	if f, _, _ := IPLength(v4); f != 43 {
+		t.Fatal("SetIPLength changed its input")
+	}
+	v6 := Must(MemcachedRequest(v6a, v6b, 1, GetK).Frame())
+	if field, actual, err := IPLength(v6); err != nil || field != actual || field != 8+15 {
+		t.Fatalf("IPLength v6: %d, %d, %v; want 23 twice", field, actual, err)
+	}
+	zero, err := SetIPLength(v6, 0)
+	if err != nil || binary.BigEndian.Uint16(zero[14+4:]) != 0 {
+		t.Fatalf("SetIPLength v6 0: %v", err)
+	}
+	for _, bad := range [][]byte{make([]byte, 13), Must(Ethernet(nil, 0x0806, make([]byte, 28))), v4[:14+2]} {
+		if _, err := SetIPLength(bad, 1); err == nil {
+			t.Errorf("SetIPLength accepted a %d-byte frame without an IP length field", len(bad))
+		}
+	}
+	if _, ok := L3(Must(Ethernet(nil, 0x0806, make([]byte, 28)))); ok {
+		t.Error("L3 of ARP: ok")
+	}
+}

@@ -1,0 +1,44 @@
+package loader
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/cilium/ebpf"
+)
+
+// openFragsPin returns the pinned fragment table at path, or, when it has
+// another layout than want (an older release's), a new empty table of
+// want's layout pinned in its place.
+//
+// The table is a cache of first-fragment verdicts that live seconds, so
+// nothing is copied. Programs still attached keep the old table until the
+// attach that follows swaps them for new ones, which use the new table: for
+// the moment between, a later fragment whose first fragment was recorded in
+// the other table is an orphan (passed in track, dropped in strict), exactly
+// as after a restart. Protected datagrams that are whole, and first
+// fragments, are judged on their own headers throughout: no gap opens.
+func openFragsPin(path string, want *ebpf.MapSpec, cur *ebpf.Map) (*ebpf.Map, error) {
+	if want.Compatible(cur) == nil {
+		return cur, nil
+	}
+	defer cur.Close()
+	next, err := ebpf.NewMap(want)
+	if err != nil {
+		return nil, fmt.Errorf("create fragment table of the new layout: %w", err)
+	}
+	// Pin beside the old one, then rename over it: bpffs renames
+	// atomically, so the path never names no table.
+	tmp := path + ".new"
+	_ = os.Remove(tmp) // left by a crash mid-upgrade
+	if err := next.Pin(tmp); err != nil {
+		next.Close()
+		return nil, fmt.Errorf("pin new fragment table: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		next.Unpin()
+		next.Close()
+		return nil, fmt.Errorf("replace fragment table %s: %w", path, err)
+	}
+	return next, nil
+}
