@@ -8,8 +8,11 @@ import (
 )
 
 // openFragsPin returns the pinned fragment table at path, or, when it has
-// another layout than want (an older release's), a new empty table of
-// want's layout pinned in its place.
+// another layout than want (an older release's) and upgrade is set, a new
+// empty table of want's layout pinned in its place. upgrade is the opener's
+// create: attach, the one change that loads programs, replaces the table;
+// other opens (readers without the lock, configuration commands) leave it
+// as it is, since they never touch it.
 //
 // The table is a cache of first-fragment verdicts that live seconds, so
 // nothing is copied. Programs still attached keep the old table until the
@@ -18,8 +21,8 @@ import (
 // the other table is an orphan (passed in track, dropped in strict), exactly
 // as after a restart. Protected datagrams that are whole, and first
 // fragments, are judged on their own headers throughout: no gap opens.
-func openFragsPin(path string, want *ebpf.MapSpec, cur *ebpf.Map) (*ebpf.Map, error) {
-	if want.Compatible(cur) == nil {
+func openFragsPin(path string, want *ebpf.MapSpec, cur *ebpf.Map, upgrade bool) (*ebpf.Map, error) {
+	if !upgrade || want.Compatible(cur) == nil {
 		return cur, nil
 	}
 	defer cur.Close()
@@ -28,8 +31,9 @@ func openFragsPin(path string, want *ebpf.MapSpec, cur *ebpf.Map) (*ebpf.Map, er
 		return nil, fmt.Errorf("create fragment table of the new layout: %w", err)
 	}
 	// Pin beside the old one, then rename over it: bpffs renames
-	// atomically, so the path never names no table.
-	tmp := path + ".new"
+	// atomically, so the path never names no table. (bpffs refuses names
+	// with a dot.)
+	tmp := path + "_new"
 	_ = os.Remove(tmp) // left by a crash mid-upgrade
 	if err := next.Pin(tmp); err != nil {
 		next.Close()

@@ -131,7 +131,7 @@ func (g *Guard) openMaps(create bool) (m *Maps, created bool, err error) {
 			want.MaxEntries = info.MaxEntries // sizes may be overridden
 		}
 		if spec == s.XdpguardFrags { // a cache: an older layout is replaced in place
-			return openFragsPin(path, want, mp)
+			return openFragsPin(path, want, mp, create)
 		}
 		if err := want.Compatible(mp); err != nil {
 			mp.Close()

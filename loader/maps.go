@@ -66,8 +66,10 @@ func applySizes(s *xdpguardSpecs, sizes MapSizes) {
 
 // createMaps creates the shared maps; open, when not nil, is tried first for
 // each (it returns a pinned map, or os.ErrNotExist).
-func createMaps(s *xdpguardSpecs, open func(*ebpf.MapSpec) (*ebpf.Map, error)) (m *Maps, err error) {
-	m = &Maps{}
+func createMaps(s *xdpguardSpecs, open func(*ebpf.MapSpec) (*ebpf.Map, error)) (_ *Maps, err error) {
+	// Not the named result: a failing return sets that to nil, and what
+	// was opened so far must still be closed.
+	m := &Maps{}
 	defer func() {
 		if err != nil {
 			m.Close()

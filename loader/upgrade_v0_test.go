@@ -1,0 +1,301 @@
+package loader
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/xdpguard/xdpguard/internal/nstest"
+	"github.com/xdpguard/xdpguard/internal/testpkt"
+)
+
+// v0Object is the previous release's BPF object (testdata/v0/README.md).
+const v0Object = "testdata/v0/xdpguard_bpfel.o"
+
+// pinV0 sets up, under pin, what the previous release left pinned after
+// `xdpguard attach <ifname> --egress`: its shared maps (the fragment table
+// in the old layout), and per interface its counters and the XDP and tcx
+// links holding its programs. The paths are that release's, spelled out, as
+// it wrote them. It returns the old fragment table's ID.
+func pinV0(t *testing.T, ns *nstest.NS, pin, ifname string) ebpf.MapID {
+	t.Helper()
+	var fragsID ebpf.MapID
+	err := ns.Do(func() error {
+		if err := EnsureBPFFS(pin); err != nil {
+			return err
+		}
+		spec, err := ebpf.LoadCollectionSpec(v0Object)
+		if err != nil {
+			return err
+		}
+		shared := map[string]string{
+			"xdpguard_config": "config", "xdpguard_allow4": "allow4",
+			"xdpguard_allow6": "allow6", "xdpguard_frags": "frags",
+		}
+		if err := os.MkdirAll(pin, 0o700); err != nil {
+			return err
+		}
+		repl := map[string]*ebpf.Map{}
+		for name, file := range shared {
+			m, err := ebpf.NewMap(spec.Maps[name])
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			if err := m.Pin(filepath.Join(pin, file)); err != nil {
+				return err
+			}
+			repl[name] = m
+		}
+		old := &Maps{Config: repl["xdpguard_config"]}
+		if err := old.WriteConfig(DefaultConfig()); err != nil {
+			return err
+		}
+		info, err := repl["xdpguard_frags"].Info()
+		if err != nil {
+			return err
+		}
+		fragsID, _ = info.ID()
+		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
+		if err != nil {
+			return verifierError(err)
+		}
+		defer coll.Close()
+		l, err := ns.Link(ifname)
+		if err != nil {
+			return err
+		}
+		dir := filepath.Join(pin, "ifaces", strconv.Itoa(l.Attrs().Index))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		if err := coll.Maps["xdpguard_stats"].Pin(filepath.Join(dir, "stats")); err != nil {
+			return err
+		}
+		xl, err := link.AttachXDP(link.XDPOptions{Program: coll.Programs["xdpguard_xdp"], Interface: l.Attrs().Index, Flags: link.XDPDriverMode})
+		if err != nil {
+			return err
+		}
+		defer xl.Close()
+		if err := xl.Pin(filepath.Join(dir, "xdp_link")); err != nil {
+			return err
+		}
+		tl, err := link.AttachTCX(link.TCXOptions{Interface: l.Attrs().Index, Program: coll.Programs["xdpguard_tc"], Attach: ebpf.AttachTCXEgress})
+		if err != nil {
+			return err
+		}
+		defer tl.Close()
+		return tl.Pin(filepath.Join(dir, "tc_link"))
+	})
+	if err != nil {
+		t.Fatalf("pin the previous release's state: %v", err)
+	}
+	return fragsID
+}
+
+// An upgrade from the previous release, whose pinned fragment table has
+// another layout, replaces the table in place and swaps the programs under a
+// flood with no request getting through (issue 9, item 6). Today's main
+// refused: "pinned state is from an incompatible xdpguard version".
+func TestUpgradeFromV0FragmentTable(t *testing.T) {
+	r := newRig(t)
+	if err := r.host.AddAddr(rigHostIf, hostAddr.String()+"/24"); err != nil {
+		t.Fatal(err)
+	}
+	mac, err := r.host.HardwareAddr(rigHostIf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	attack := request(t, attacker)
+	copy(attack[0:6], mac) // addressed to the host, so a passed frame is delivered
+
+	var delivered atomic.Int64
+	var conn *net.UDPConn
+	err = r.host.Do(func() (err error) {
+		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: hostAddr.AsSlice(), Port: int(testpkt.MemcachedPort)})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := conn.ReadFromUDP(buf); err != nil {
+				return
+			}
+			delivered.Add(1)
+		}
+	}()
+	t.Cleanup(func() { conn.Close(); <-readerDone })
+	// The oracle sees a request when nothing filters it.
+	r.send(t, attack)
+	nstest.Eventually(t, 5*time.Second, "an unfiltered request delivered", func() (bool, error) {
+		return delivered.Load() == 1, nil
+	})
+
+	oldFrags := pinV0(t, r.host, r.pin, rigHostIf)
+	oldProg := r.xdpProgID(t)
+	// The old release protects. Read its counters and table through the
+	// pins, not Open: the upgrade must happen in the attach below.
+	r.send(t, attack)
+	nstest.Eventually(t, 5*time.Second, "the old release's drop counted", func() (bool, error) {
+		return v0Dropped(t, r) == 1, nil
+	})
+	// A reader of the new release (stats) works on the old state and
+	// changes nothing: it takes no lock, so it must not replace pins.
+	err = r.host.Do(func() error {
+		g, err := OpenReadOnly(r.pin)
+		if err != nil {
+			return err
+		}
+		defer g.Close()
+		st, err := g.Stats()
+		if err == nil && len(st) == 0 {
+			t.Errorf("stats on the old state: no interfaces")
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("read the previous release's state: %v", err)
+	}
+	if id := pinnedID(t, r, "frags"); id != oldFrags {
+		t.Fatalf("frags pin names table %d before the upgrade, want the old %d", id, oldFrags)
+	}
+
+	var sent atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if r.inj.Send(attack) == nil {
+				sent.Add(1)
+			}
+		}
+	}()
+	res, err := r.tryAttach(rigHostIf, AttachOptions{Egress: true})
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		t.Fatalf("upgrade from the previous release: %v", err)
+	}
+	if res.Action != "replaced" || r.xdpProgID(t) == oldProg || r.tcxCount(t) != 1 {
+		t.Fatalf("upgrade: %+v, XDP program %d (was %d), %d tcx programs; want replaced, a new program, one tcx", res, r.xdpProgID(t), oldProg, r.tcxCount(t))
+	}
+	n := uint64(sent.Load())
+	r.expectCounters(t, "xdp", map[string]uint64{"drop_request": n + 1})
+	if got := delivered.Load(); got != 1 {
+		t.Fatalf("%d requests reached the socket during the upgrade under a flood of %d; want none", got-1, n)
+	}
+
+	// The pin now holds the new layout, and the attached program uses it.
+	err = r.host.Do(func() error {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(r.pin, "frags"), nil)
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		_, s, err := specs()
+		if err != nil {
+			return err
+		}
+		if err := s.XdpguardFrags.Compatible(m); err != nil {
+			t.Errorf("frags pin after the upgrade: %v", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newFrags := pinnedID(t, r, "frags")
+	if newFrags == oldFrags {
+		t.Fatalf("frags pin still names the old table %d", oldFrags)
+	}
+	prog, err := ebpf.NewProgramFromID(ebpf.ProgramID(r.xdpProgID(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	info, err := prog.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, _ := info.MapIDs()
+	uses := map[ebpf.MapID]bool{}
+	for _, id := range ids {
+		uses[id] = true
+	}
+	if !uses[newFrags] || uses[oldFrags] {
+		t.Fatalf("attached program uses maps %v: want the new fragment table %d, not the old %d", ids, newFrags, oldFrags)
+	}
+	// Fragments go through the new table: the first dropped, the rest follow.
+	f1, f2, f3 := frags(bigResp(attacker, hostAddr, 40000, testpkt.MemcachedPort, 0x0bad))
+	for _, f := range [][]byte{f1, f2, f3} {
+		copy(f[0:6], mac)
+	}
+	r.send(t, f1, f2, f3)
+	r.expectCounters(t, "xdp", map[string]uint64{"drop_request": n + 2, "drop_fragment": 2})
+	t.Logf("upgraded from the previous release's fragment table under a flood of %d requests: none delivered", n)
+}
+
+// pinnedID is the ID of the map pinned at name under the rig's pin path.
+func pinnedID(t *testing.T, r *rig, name string) ebpf.MapID {
+	t.Helper()
+	var id ebpf.MapID
+	err := r.host.Do(func() error {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(r.pin, name), nil)
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		info, err := m.Info()
+		if err != nil {
+			return err
+		}
+		id, _ = info.ID()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// v0Dropped reads the host interface's drop_request counter at XDP straight
+// from its pin.
+func v0Dropped(t *testing.T, r *rig) uint64 {
+	t.Helper()
+	var n uint64
+	err := r.host.Do(func() error {
+		dir := filepath.Join(r.pin, "ifaces", strconv.Itoa(r.hostLink(t).Attrs().Index))
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "stats"), nil)
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		st, err := ReadStats(m)
+		n = st[HookXDP][ReasonDropRequest].Packets
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
