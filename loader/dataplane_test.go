@@ -674,10 +674,14 @@ func lengthFieldCases() []dpCase {
 	v6 := fr(req6(peer6, host6)) // 14 + 40 + 8 + 15
 	v4tcp := fr(testpkt.TCP(peer4, host4, 1, mc, nil))
 	other4 := fr(testpkt.UDP(peer4, host4, 53, 5353, make([]byte, 40)))
+	other6 := fr(testpkt.UDP(peer6, host6, 53, 5353, make([]byte, 40)))
+	// A harmless UDP header the kernel never reads, past the IP length,
+	// must not pass the packet: the real header could come later.
 	add(
 		one("v4 total length longer than the frame", def, setLen(v4, 200), ReasonDropRequest),
 		one("v4 total length cuts the UDP header", def, setLen(v4, 27), ReasonDropMalformed),
-		one("v4 total length = header", def, setLen(v4, 20), ReasonDropMalformed),
+		one("v4 total length = header, harmless UDP header past it", def, setLen(other4, 20), ReasonDropMalformed),
+		one("v4 total length 0, harmless UDP header past it", def, setLen(other4, 0), ReasonDropMalformed),
 		one("v4 total length 0", def, setLen(v4, 0), ReasonDropMalformed),
 		one("v4 total length 0, TCP", def, setLen(v4tcp, 0), ReasonPass),
 		one("v4 unprotected UDP, trailing bytes", def, plus(other4, make([]byte, 64)), ReasonPass),
@@ -685,6 +689,8 @@ func lengthFieldCases() []dpCase {
 		one("v6 payload length longer than the frame", def, setLen(v6, 900), ReasonDropRequest),
 		one("v6 payload length cuts the UDP header", def, setLen(v6, 7), ReasonDropMalformed),
 		one("v6 payload length 0", def, setLen(v6, 0), ReasonDropMalformed),
+		one("v6 payload length 0, harmless UDP header past it", def, setLen(other6, 0), ReasonDropMalformed),
+		one("v6 payload length 4, harmless UDP header across it", def, setLen(other6, 4), ReasonDropMalformed),
 		one("v6 jumbogram: payload length 0 behind hop-by-hop", def,
 			setLen(fr(withExt(req6(peer6, host6), testpkt.Ext{Type: testpkt.ProtoHopByHop})), 0), ReasonDropRequest),
 		one("v6 payload length 0 behind destination options", def,
@@ -700,7 +706,7 @@ func lengthFieldCases() []dpCase {
 	{
 		p := withID(req4(peer4, host4), 0x4321)
 		dg := must(p.Datagram())
-		first := plus(setLen(must(p.Fragment(testpkt.Frag{More: true, Data: dg[:8]})), 20), udpHdr(53, 5353))
+		first := setLen(must(p.Fragment(testpkt.Frag{More: true, Data: udpHdr(53, 5353)})), 20)
 		rest := must(p.Fragment(testpkt.Frag{Offset: 8, Data: dg[8:]}))
 		add(dpCase{name: "v4 first fragment, UDP header past the total length", pol: def, steps: []step{
 			st("first", first, ReasonDropMalformed), st("rest", rest, ReasonDropFragment)}})

@@ -318,10 +318,11 @@ func TestLengthFields(t *testing.T) {
 	v4first := pkt(eth(0x0800), ipv4(a4, b4, 17, 1, 0x2000, 0), udp(1, 11211))
 	v4tcp := pkt(eth(0x0800), ipv4(a4, b4, 6, 1, 0, 0), udp(1, 11211))
 	v6 := pkt(eth(0x86dd), ipv6(a6, b6, 17), udp(1, 11211))
-	// The evasion: a first fragment whose chain ends at the payload
-	// length (the fragment header names destination options), with a
-	// harmless UDP header planted past it.
-	evasion := cat(pkt(eth(0x86dd), ipv6(a6, b6, 44), frag6(60, 0, true, 5)), udp(53, 5353))
+	// The evasion: a first fragment whose chain (fragment header, then
+	// destination options naming a routing header) ends at the payload
+	// length, with a routing header and a harmless UDP header planted
+	// past it.
+	evasion := cat(pkt(eth(0x86dd), ipv6(a6, b6, 44), frag6(60, 0, true, 5), ext(43, 8)), ext(17, 8), udp(53, 5353))
 	hbhJumbo := withLen(pkt(eth(0x86dd), ipv6(a6, b6, 0), ext(17, 8), udp(1, 11211)), 14+4, 0)
 	dstZero := withLen(pkt(eth(0x86dd), ipv6(a6, b6, 60), ext(17, 8), udp(1, 11211)), 14+4, 0)
 	for _, c := range []struct {
