@@ -217,3 +217,31 @@ func TestReadFragTimeouts(t *testing.T) {
 		t.Fatalf("garbage: %v, want an error naming the file", err)
 	}
 }
+
+// The timeouts come from the namespace of the thread that loads the
+// programs, which is the namespace attach works in: each namespace has its
+// own reassembly timeouts.
+func TestReadFragTimeoutsPerNamespace(t *testing.T) {
+	nstest.RequireRoot(t)
+	ns := nstest.New(t, "xgft")
+	if err := ns.Sysctl("net.ipv4.ipfrag_time", "7"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Sysctl("net.ipv6.ip6frag_time", "13"); err != nil {
+		t.Fatal(err)
+	}
+	var got FragTimeouts
+	if err := ns.Do(func() (err error) { got, err = ReadFragTimeouts(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if want := (FragTimeouts{IPv4: 7 * time.Second, IPv6: 13 * time.Second}); got != want {
+		t.Fatalf("in %s: %+v, want %+v", ns.Name(), got, want)
+	}
+	here, err := ReadFragTimeouts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if here == got {
+		t.Fatalf("the test's own namespace reads %+v too: the read does not follow the namespace", here)
+	}
+}
