@@ -20,7 +20,9 @@ import (
 // the moment between, a later fragment whose first fragment was recorded in
 // the other table is an orphan (passed in track, dropped in strict), exactly
 // as after a restart. Protected datagrams that are whole, and first
-// fragments, are judged on their own headers throughout: no gap opens.
+// fragments, are judged on their own headers throughout: no gap opens. A
+// failed attach does not put the old table back: the programs still using it
+// hold it, and the next attach uses the new one.
 func openFragsPin(path string, want *ebpf.MapSpec, cur *ebpf.Map, upgrade bool) (*ebpf.Map, error) {
 	if !upgrade || want.Compatible(cur) == nil {
 		return cur, nil
