@@ -1080,8 +1080,17 @@ func TestReplayCapture(t *testing.T) {
 	}
 
 	h := newHarness(t)
-	for _, frag := range []FragPolicy{FragTrack, FragStrict} {
-		t.Run(frag.String(), func(t *testing.T) {
+	for _, run := range []struct {
+		frag FragPolicy
+		l3   bool // through the L3 programs, Ethernet headers stripped
+	}{{FragTrack, false}, {FragStrict, false}, {FragTrack, true}, {FragStrict, true}} {
+		frag := run.frag
+		name := frag.String()
+		if run.l3 {
+			name += "/l3"
+		}
+		t.Run(name, func(t *testing.T) {
+			h.l3 = run.l3
 			pol := policy{frag: frag, ports: []uint16{53}}
 			if err := h.configure(pol); err != nil {
 				t.Fatal(err)
@@ -1097,17 +1106,25 @@ func TestReplayCapture(t *testing.T) {
 				capOrphanLater: orphan, capOrphanNever: orphan,
 			}
 			var got [ReasonCount]int
-			bad := 0
+			bad, notIP := 0, 0
 			for i, fr := range frames {
 				if kinds[i] == capSkipped {
 					continue
+				}
+				if run.l3 {
+					ip, ok := testpkt.L3(fr)
+					if !ok {
+						notIP++ // ARP and the like: no IP link carries them
+						continue
+					}
+					fr = ip
 				}
 				want := expect[kinds[i]]
 				ret, r, err := h.run(HookXDP, fr, true)
 				if err != nil {
 					t.Fatalf("frame %d: %v", i, err)
 				}
-				mr := mod.Classify(fr, model.Ingress)
+				mr := h.classify(mod, fr, HookXDP)
 				got[r]++
 				if r != want || ret != wantRet(HookXDP, want) || mr.Reason.String() != want.String() {
 					if bad++; bad <= 10 {
@@ -1117,8 +1134,8 @@ func TestReplayCapture(t *testing.T) {
 				}
 			}
 			dropped := got[ReasonDropResponse] + got[ReasonDropFragment] + got[ReasonDropOrphanFragment]
-			t.Logf("%d frames run, %d skipped; %d dropped: %d drop_response, %d drop_fragment, %d drop_orphan_fragment; %d pass, %d pass_orphan_fragment",
-				len(frames)-counts[capSkipped], counts[capSkipped], dropped, got[ReasonDropResponse], got[ReasonDropFragment],
+			t.Logf("%d frames run, %d skipped (%d not IP); %d dropped: %d drop_response, %d drop_fragment, %d drop_orphan_fragment; %d pass, %d pass_orphan_fragment",
+				len(frames)-counts[capSkipped]-notIP, counts[capSkipped]+notIP, notIP, dropped, got[ReasonDropResponse], got[ReasonDropFragment],
 				got[ReasonDropOrphanFragment], got[ReasonPass], got[ReasonPassOrphanFragment])
 			if bad > 10 {
 				t.Errorf("... and %d more mismatches", bad-10)
