@@ -1,11 +1,18 @@
 package loader
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/xdpguard/xdpguard/internal/nstest"
 )
 
 // entryPoints picks the programs from the link type and refuses types whose
@@ -44,5 +51,120 @@ func TestDataplanePrograms(t *testing.T) {
 		if info.Name != want {
 			t.Errorf("program %q where %q was wanted", info.Name, want)
 		}
+	}
+}
+
+// tunOfType creates a tun device in ns whose link type (dev->type) is typ:
+// tun lets its owner set any ARPHRD type (TUNSETLINK) while the device is
+// down, which gives the test links of types this machine has no driver for.
+// The device lives until the test ends.
+func tunOfType(t *testing.T, ns *nstest.NS, name string, typ uint16) {
+	t.Helper()
+	var fd int
+	err := ns.Do(func() error {
+		var err error
+		if fd, err = unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("open /dev/net/tun: %w", err)
+		}
+		var req struct {
+			name  [unix.IFNAMSIZ]byte
+			flags uint16
+			_     [22]byte
+		}
+		copy(req.name[:], name)
+		req.flags = unix.IFF_TUN | unix.IFF_NO_PI
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req))); e != 0 {
+			return fmt.Errorf("TUNSETIFF: %w", e)
+		}
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETLINK, uintptr(typ)); e != 0 {
+			return fmt.Errorf("TUNSETLINK %d: %w", typ, e)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("tun %s of type %d: %v", name, typ, err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if out, err := ns.Run("ip", "link", "set", name, "up"); err != nil {
+		t.Fatalf("ip link set %s up: %v %s", name, err, out)
+	}
+}
+
+// Attach reads the link type over netlink and picks the entry points from
+// it: the L3 programs on links without a link-layer header, of every type
+// listed, and a refusal that names the interface and its type, attaching
+// nothing, on a type it cannot parse. Today's main attached the Ethernet
+// program to all of them.
+func TestAttachPicksEntryPointsByLinkType(t *testing.T) {
+	nstest.RequireRoot(t)
+	ns := nstest.New(t, "xglt")
+	pin := filepath.Join("/sys/fs/bpf", "xgtest-"+ns.Name())
+	t.Cleanup(func() {
+		if _, err := os.Stat(pin); err == nil {
+			_ = ns.Do(func() error {
+				g, err := Open(pin, false)
+				if err != nil {
+					return err
+				}
+				defer g.Close()
+				return g.DetachAll()
+			})
+		}
+	})
+	attach := func(name string) (AttachResult, error) {
+		var res AttachResult
+		err := ns.Do(func() error {
+			g, err := Open(pin, true)
+			if err != nil {
+				return err
+			}
+			defer g.Close()
+			res, err = g.Attach(name, AttachOptions{Egress: true})
+			return err
+		})
+		return res, err
+	}
+	xdpName := func(name string) string {
+		t.Helper()
+		l, err := ns.Link(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := l.Attrs().Xdp
+		if x == nil || !x.Attached {
+			return ""
+		}
+		p, err := ebpf.NewProgramFromID(ebpf.ProgramID(x.ProgId))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		info, err := p.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.Name
+	}
+	for i, typ := range []uint16{unix.ARPHRD_NONE, unix.ARPHRD_PPP, unix.ARPHRD_RAWIP, unix.ARPHRD_TUNNEL, unix.ARPHRD_TUNNEL6, unix.ARPHRD_SIT, unix.ARPHRD_IPGRE} {
+		name := fmt.Sprintf("xgl3%d", i)
+		tunOfType(t, ns, name, typ)
+		if _, err := attach(name); err != nil {
+			t.Fatalf("attach %s (ARPHRD %d): %v", name, typ, err)
+		}
+		if got := xdpName(name); got != "xdpguard_xdp_l3" {
+			t.Errorf("%s (ARPHRD %d): XDP program %q, want xdpguard_xdp_l3", name, typ, got)
+		}
+		// A second attach finds the right program in place.
+		if res, err := attach(name); err != nil || res.Action != "unchanged" {
+			t.Errorf("%s (ARPHRD %d) attached again: %+v, %v; want unchanged", name, typ, res, err)
+		}
+	}
+	tunOfType(t, ns, "xgib0", unix.ARPHRD_INFINIBAND)
+	_, err := attach("xgib0")
+	if err == nil || !strings.Contains(err.Error(), "xgib0") || !strings.Contains(err.Error(), `"infiniband"`) {
+		t.Fatalf("attach to an InfiniBand link: %v, want a refusal naming xgib0 and its type", err)
+	}
+	if got := xdpName("xgib0"); got != "" {
+		t.Fatalf("refused attach left XDP program %q on xgib0", got)
 	}
 }
