@@ -53,19 +53,21 @@ nothing. A prefix with host bits set (10.1.2.3/8) is refused.`,
 			if err != nil {
 				return usageError{err.Error()}
 			}
-			return withConfig(c, action == "add", func(g *loader.Guard) error {
+			return changeAllow(c, action == "add", func(cur []netip.Prefix) ([]netip.Prefix, error) {
 				if action == "add" {
-					if err := g.Maps.AllowAdd(ps); err != nil {
-						return err
+					return append(cur, ps...), nil
+				}
+				for _, p := range ps {
+					if _, ok := slices.BinarySearchFunc(cur, p, comparePrefix); !ok {
+						return nil, fmt.Errorf("delete %s: %w", p, loader.ErrNotAllowed)
 					}
-					fmt.Fprintf(c.stdout, "allowed %d prefix(es)\n", len(ps))
-					return nil
 				}
-				if err := g.Maps.AllowDel(ps); err != nil {
-					return err
+				return slices.DeleteFunc(cur, func(p netip.Prefix) bool { return slices.Contains(ps, p) }), nil
+			}, func() string {
+				if action == "add" {
+					return fmt.Sprintf("allowed %d prefix(es)", len(ps))
 				}
-				fmt.Fprintf(c.stdout, "removed %d prefix(es)\n", len(ps))
-				return nil
+				return fmt.Sprintf("removed %d prefix(es)", len(ps))
 			})
 		case "load":
 			if len(rest) != 1 {
@@ -75,13 +77,9 @@ nothing. A prefix with host bits set (10.1.2.3/8) is refused.`,
 			if err != nil {
 				return err
 			}
-			return withConfig(c, true, func(g *loader.Guard) error {
-				if err := g.Maps.AllowAdd(ps); err != nil {
-					return err
-				}
-				fmt.Fprintf(c.stdout, "allowed %d prefix(es) from %s\n", len(ps), rest[0])
-				return nil
-			})
+			return changeAllow(c, true, func(cur []netip.Prefix) ([]netip.Prefix, error) {
+				return append(cur, ps...), nil
+			}, func() string { return fmt.Sprintf("allowed %d prefix(es) from %s", len(ps), rest[0]) })
 		case "list":
 			if len(rest) > 0 {
 				return usagef("allow list takes no arguments")
@@ -106,16 +104,53 @@ nothing. A prefix with host bits set (10.1.2.3/8) is refused.`,
 			if len(rest) > 0 {
 				return usagef("allow flush takes no arguments")
 			}
-			return withConfig(c, false, func(g *loader.Guard) error {
-				if err := g.Maps.AllowFlush(); err != nil {
-					return err
-				}
-				fmt.Fprintln(c.stdout, "allow list flushed")
-				return nil
-			})
+			return changeAllow(c, false, func([]netip.Prefix) ([]netip.Prefix, error) { return nil, nil },
+				func() string { return "allow list flushed" })
 		}
 		return usagef("unknown action %q: use add, del, list, load or flush", action)
 	},
+}
+
+// changeAllow makes the allow list edit(current list) in one Apply:
+// additions before deletions, and a failure changes nothing.
+func changeAllow(c *cli, create bool, edit func([]netip.Prefix) ([]netip.Prefix, error), done func() string) error {
+	return withConfig(c, create, func(g *loader.Guard) error {
+		cur, err := g.AllowList()
+		if err != nil {
+			return err
+		}
+		want, err := edit(cur)
+		if err != nil {
+			return err
+		}
+		if _, err := g.Apply(loader.DesiredState{Allow: want}, loader.ApplyOptions{Scope: loader.ApplyScope{Allow: true}}); err != nil {
+			return err
+		}
+		fmt.Fprintln(c.stdout, done())
+		return nil
+	})
+}
+
+// comparePrefix orders as loader.Guard.AllowList sorts: by address, then
+// shorter prefix first.
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+// changeConfig applies edit to the live configuration in one Apply.
+func changeConfig(g *loader.Guard, edit func(*loader.Config) error) error {
+	cfg, err := g.Maps.ReadConfig()
+	if err != nil {
+		return err
+	}
+	if err := edit(&cfg); err != nil {
+		return err
+	}
+	_, err = g.Apply(loader.DesiredState{Config: cfg}, loader.ApplyOptions{Scope: loader.ApplyScope{Config: true}})
+	return err
 }
 
 // allowListJSON is `allow list --json`.
@@ -215,7 +250,7 @@ adding a port never unprotects another, even for an instant.`,
 			}
 			return withConfig(c, true, func(g *loader.Guard) error {
 				var left int
-				err := g.Maps.UpdateConfig(func(cfg *loader.Config) error {
+				err := changeConfig(g, func(cfg *loader.Config) error {
 					if action == "add" {
 						cfg.Ports = append(cfg.Ports, ports...)
 					} else {
@@ -297,7 +332,7 @@ func settingRun(name, choices string, parse func(string) (func(*loader.Config), 
 				return usageError{err.Error()}
 			}
 			return withConfig(c, true, func(g *loader.Guard) error {
-				if err := g.Maps.UpdateConfig(func(cfg *loader.Config) error { apply(cfg); return nil }); err != nil {
+				if err := changeConfig(g, func(cfg *loader.Config) error { apply(cfg); return nil }); err != nil {
 					return err
 				}
 				fmt.Fprintf(c.stdout, "%s %s\n", name, v)
