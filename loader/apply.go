@@ -27,6 +27,12 @@ type DesiredState struct {
 	Interfaces []InterfaceSpec
 	Config     Config         // mode, fragment policy, ports
 	Allow      []netip.Prefix // the whole allow list; duplicates are fine
+
+	// AllowAdd and AllowDel edit the allow list instead (Scope.AllowEdit):
+	// what `allow add` and `allow del` do, without reading the whole list.
+	// Adding a prefix already listed changes nothing; deleting one that is
+	// not listed fails the Apply (ErrNotAllowed).
+	AllowAdd, AllowDel []netip.Prefix
 }
 
 // ApplyScope says which parts of a DesiredState Apply makes true; the
@@ -42,6 +48,7 @@ type ApplyScope struct {
 	PruneInterfaces bool
 	Config          bool // write Config if it differs
 	Allow           bool // make the allow list equal Allow
+	AllowEdit       bool // add AllowAdd, delete AllowDel (not with Allow)
 }
 
 // ApplyOptions say how Apply works.
@@ -132,7 +139,7 @@ func (g *Guard) Apply(want DesiredState, opts ApplyOptions) (changes []Change, e
 		r.t.end(err)
 		if err != nil {
 			changes = nil
-			g.allowCache = nil // a rollback that failed leaves it unknown
+			forgetAllow(g.pinPath) // a rollback that failed leaves it unknown
 			if g.created {
 				// A first Apply that failed leaves no state behind.
 				_ = g.removeIfUnused()
@@ -155,14 +162,21 @@ func (g *Guard) Apply(want DesiredState, opts ApplyOptions) (changes []Change, e
 		}
 	}
 	var plan *allowPlan
-	if opts.Scope.Allow {
+	switch {
+	case opts.Scope.Allow && opts.Scope.AllowEdit:
+		return nil, errors.New("apply: give the whole allow list or edits to it, not both")
+	case opts.Scope.Allow:
 		if plan, err = g.planAllow(want.Allow); err != nil {
+			return nil, err
+		}
+	case opts.Scope.AllowEdit:
+		if plan, err = g.planAllowEdit(want.AllowAdd, want.AllowDel); err != nil {
 			return nil, err
 		}
 	}
 
 	if plan != nil && len(plan.add) > 0 {
-		if err := r.allowAdd(plan.add); err != nil {
+		if err := r.allowAdd(plan); err != nil {
 			return nil, err
 		}
 	}
@@ -185,7 +199,7 @@ func (g *Guard) Apply(want DesiredState, opts ApplyOptions) (changes []Change, e
 		}
 	}
 	if plan != nil && len(plan.del) > 0 {
-		if err := r.allowDel(plan.del, plan.v4, plan.v6); err != nil {
+		if err := r.allowDel(plan); err != nil {
 			return nil, err
 		}
 	}
@@ -197,7 +211,7 @@ func (g *Guard) Apply(want DesiredState, opts ApplyOptions) (changes []Change, e
 			return nil, err
 		}
 	}
-	if plan != nil && !plan.unchanged {
+	if plan != nil {
 		if err := r.writeAllowMeta(plan); err != nil {
 			return nil, err
 		}
@@ -205,8 +219,12 @@ func (g *Guard) Apply(want DesiredState, opts ApplyOptions) (changes []Change, e
 	if err := r.t.fail("end"); err != nil {
 		return nil, err
 	}
-	if plan != nil && plan.want != nil {
-		g.allowCache = plan.want
+	switch {
+	case plan == nil:
+	case plan.set != nil:
+		cacheAllow(g.pinPath, plan.next, plan.set, true)
+	case plan.edit:
+		forgetAllow(g.pinPath)
 	}
 	return r.changes, nil
 }

@@ -7,6 +7,10 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/vishvananda/netlink"
+
 	"github.com/xdpguard/xdpguard/internal/nstest"
 )
 
@@ -222,4 +226,140 @@ func TestApplyRefusesBadInputChangingNothing(t *testing.T) {
 			t.Fatalf("a refused Apply(%+v) changed:\n got %s\nwant %s", want, after, before)
 		}
 	}
+}
+
+// TestRunningProgramsRecognised: an interface running this binary's
+// programs is recognised from the kernel's tags without loading anything
+// (a no-op Apply stays cheap), and one running other programs is not.
+func TestRunningProgramsRecognised(t *testing.T) {
+	r := newRig(t)
+	r.attach(t, AttachOptions{Egress: true})
+	check := func() (ok bool) {
+		t.Helper()
+		r.do(t, func(g *Guard) error {
+			ns, err := CurrentNetns()
+			if err != nil {
+				return err
+			}
+			l, err := netlink.LinkByName(rigHostIf)
+			if err != nil {
+				return err
+			}
+			a, err := loadAttachment(g.ifaceDir(ns, l.Attrs().Index), l.Attrs().Index)
+			if err != nil {
+				return err
+			}
+			defer a.close()
+			ok, err = a.runsCurrentPrograms(l)
+			return err
+		})
+		return ok
+	}
+	if !check() {
+		t.Fatal("the programs this binary attached are not recognised as its own")
+	}
+	// A program of the same type and name with other instructions.
+	other, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "xdpguard_xdp", Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	info, err := other.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, _, err := specs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if matchesSpec(spec, info) {
+		t.Fatal("a program of the same name but other instructions is taken for this binary's")
+	}
+	if res := r.attach(t, AttachOptions{Egress: true}); res.Action != "unchanged" {
+		t.Fatalf("attach again: %+v, want unchanged", res)
+	}
+}
+
+// TestAllowCountsKeptExact: the counts status shows come from the record
+// Apply keeps, not from walking the tries, and stay equal to the tries'
+// contents through whole lists, edits, duplicates, failed edits and a flush;
+// each family's lookup is on exactly when it has entries.
+func TestAllowCountsKeptExact(t *testing.T) {
+	r := newRig(t)
+	check := func(when string, want4, want6 int) {
+		t.Helper()
+		r.do(t, func(g *Guard) error {
+			v4, v6, err := g.AllowCounts()
+			if err != nil {
+				return err
+			}
+			w4, w6, err := g.Maps.AllowCount() // the walk
+			if err != nil {
+				return err
+			}
+			a4, a6, err := g.Maps.AllowActive()
+			if err != nil {
+				return err
+			}
+			if v4 != want4 || v6 != want6 || w4 != want4 || w6 != want6 || a4 != (want4 > 0) || a6 != (want6 > 0) {
+				return fmt.Errorf("%s: record %d/%d, tries %d/%d, lookups on %v/%v; want %d/%d", when, v4, v6, w4, w6, a4, a6, want4, want6)
+			}
+			return nil
+		})
+	}
+	apply := func(want DesiredState, scope ApplyScope) ([]Change, error) {
+		var ch []Change
+		var applyErr error
+		r.do(t, func(g *Guard) error {
+			ch, applyErr = g.Apply(want, ApplyOptions{Scope: scope})
+			return nil
+		})
+		return ch, applyErr
+	}
+	whole := ApplyScope{Allow: true}
+	edit := ApplyScope{AllowEdit: true}
+	if _, err := apply(DesiredState{Allow: mustPrefixes("10.0.0.0/8", "10.1.0.0/16", "10.0.0.0/8", "2001:db8::/32")}, whole); err != nil {
+		t.Fatal(err)
+	}
+	check("a whole list with a duplicate", 2, 1)
+	if ch, err := apply(DesiredState{Allow: mustPrefixes("2001:db8::/32", "10.1.0.0/16", "10.0.0.0/8")}, whole); err != nil || len(ch) != 0 {
+		t.Fatalf("the same set listed otherwise: %v, %v; want no change", ch, err)
+	}
+	if ch, err := apply(DesiredState{AllowAdd: mustPrefixes("10.0.0.0/8", "192.0.2.0/24")}, edit); err != nil || len(ch) != 1 || ch[0].Detail != "+1 prefixes" {
+		t.Fatalf("add one new, one listed: %v, %v", ch, err)
+	}
+	check("an edit adding one new prefix and one listed", 3, 1)
+	_, err := apply(DesiredState{AllowAdd: mustPrefixes("198.51.100.0/24"), AllowDel: mustPrefixes("192.0.2.0/24", "203.0.113.0/24")}, edit)
+	if !errors.Is(err, ErrNotAllowed) {
+		t.Fatalf("deleting an unlisted prefix: %v, want ErrNotAllowed", err)
+	}
+	check("a failed edit (its addition taken back, its deletion put back)", 3, 1)
+	if _, err := apply(DesiredState{AllowDel: mustPrefixes("2001:db8::/32")}, edit); err != nil {
+		t.Fatal(err)
+	}
+	check("the last IPv6 prefix deleted", 3, 0)
+	if _, err := apply(DesiredState{Allow: mustPrefixes("10.0.0.0/8", "2001:db8:1::/48")}, whole); err != nil {
+		t.Fatal(err)
+	}
+	check("a whole list after edits", 1, 1)
+	if _, err := apply(DesiredState{}, whole); err != nil {
+		t.Fatal(err)
+	}
+	check("flushed", 0, 0)
+
+	// Behind Apply's back the tries change, the record does not: status
+	// reads the record (which is why only Apply may change pinned lists).
+	r.do(t, func(g *Guard) error {
+		if err := g.Maps.AllowAdd(mustPrefixes("192.0.2.0/24")); err != nil {
+			return err
+		}
+		v4, _, err := g.AllowCounts()
+		if err == nil && v4 != 0 {
+			err = fmt.Errorf("AllowCounts %d after a change that bypassed Apply: it walked the trie", v4)
+		}
+		return err
+	})
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -62,10 +61,6 @@ type Guard struct {
 	// created records that this Guard made the shared state: if nothing
 	// ends up attached, a failed Apply undoes it with removeIfUnused.
 	created bool
-	// allowCache is the allow list, sorted and without duplicates, as this
-	// Guard last read or wrote it. The lock makes this Guard the only
-	// writer, so it stays true until Close; nil means unknown.
-	allowCache []netip.Prefix
 }
 
 // Open opens the state under pinPath to change it, holding the pin path's
@@ -388,7 +383,7 @@ func (g *Guard) removeShared() error {
 	if err := os.Remove(g.pinPath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
-	g.allowCache = nil
+	forgetAllow(g.pinPath)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove %s: %w", g.pinPath, err)
 	}

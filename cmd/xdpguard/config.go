@@ -53,22 +53,13 @@ nothing. A prefix with host bits set (10.1.2.3/8) is refused.`,
 			if err != nil {
 				return usageError{err.Error()}
 			}
-			return changeAllow(c, action == "add", func(cur []netip.Prefix) ([]netip.Prefix, error) {
-				if action == "add" {
-					return append(cur, ps...), nil
-				}
-				for _, p := range ps {
-					if _, ok := slices.BinarySearchFunc(cur, p, comparePrefix); !ok {
-						return nil, fmt.Errorf("delete %s: %w", p, loader.ErrNotAllowed)
-					}
-				}
-				return slices.DeleteFunc(cur, func(p netip.Prefix) bool { return slices.Contains(ps, p) }), nil
-			}, func() string {
-				if action == "add" {
-					return fmt.Sprintf("allowed %d prefix(es)", len(ps))
-				}
-				return fmt.Sprintf("removed %d prefix(es)", len(ps))
-			})
+			want := loader.DesiredState{AllowAdd: ps}
+			done := fmt.Sprintf("allowed %d prefix(es)", len(ps))
+			if action == "del" {
+				want = loader.DesiredState{AllowDel: ps}
+				done = fmt.Sprintf("removed %d prefix(es)", len(ps))
+			}
+			return changeAllow(c, action == "add", want, loader.ApplyScope{AllowEdit: true}, done)
 		case "load":
 			if len(rest) != 1 {
 				return usagef("allow load takes one FILE ('-' for standard input)")
@@ -77,9 +68,8 @@ nothing. A prefix with host bits set (10.1.2.3/8) is refused.`,
 			if err != nil {
 				return err
 			}
-			return changeAllow(c, true, func(cur []netip.Prefix) ([]netip.Prefix, error) {
-				return append(cur, ps...), nil
-			}, func() string { return fmt.Sprintf("allowed %d prefix(es) from %s", len(ps), rest[0]) })
+			return changeAllow(c, true, loader.DesiredState{AllowAdd: ps}, loader.ApplyScope{AllowEdit: true},
+				fmt.Sprintf("allowed %d prefix(es) from %s", len(ps), rest[0]))
 		case "list":
 			if len(rest) > 0 {
 				return usagef("allow list takes no arguments")
@@ -104,40 +94,22 @@ nothing. A prefix with host bits set (10.1.2.3/8) is refused.`,
 			if len(rest) > 0 {
 				return usagef("allow flush takes no arguments")
 			}
-			return changeAllow(c, false, func([]netip.Prefix) ([]netip.Prefix, error) { return nil, nil },
-				func() string { return "allow list flushed" })
+			return changeAllow(c, false, loader.DesiredState{}, loader.ApplyScope{Allow: true}, "allow list flushed")
 		}
 		return usagef("unknown action %q: use add, del, list, load or flush", action)
 	},
 }
 
-// changeAllow makes the allow list edit(current list) in one Apply:
-// additions before deletions, and a failure changes nothing.
-func changeAllow(c *cli, create bool, edit func([]netip.Prefix) ([]netip.Prefix, error), done func() string) error {
+// changeAllow changes the allow list in one Apply: additions before
+// deletions, and a failure changes nothing.
+func changeAllow(c *cli, create bool, want loader.DesiredState, scope loader.ApplyScope, done string) error {
 	return withConfig(c, create, func(g *loader.Guard) error {
-		cur, err := g.AllowList()
-		if err != nil {
+		if _, err := g.Apply(want, loader.ApplyOptions{Scope: scope}); err != nil {
 			return err
 		}
-		want, err := edit(cur)
-		if err != nil {
-			return err
-		}
-		if _, err := g.Apply(loader.DesiredState{Allow: want}, loader.ApplyOptions{Scope: loader.ApplyScope{Allow: true}}); err != nil {
-			return err
-		}
-		fmt.Fprintln(c.stdout, done())
+		fmt.Fprintln(c.stdout, done)
 		return nil
 	})
-}
-
-// comparePrefix orders as loader.Guard.AllowList sorts: by address, then
-// shorter prefix first.
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return a.Bits() - b.Bits()
 }
 
 // changeConfig applies edit to the live configuration in one Apply.
