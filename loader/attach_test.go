@@ -368,6 +368,12 @@ func TestAttachRefusesForeignProgram(t *testing.T) {
 		t.Errorf("a refused first attach left state behind: %v", err)
 	}
 
+	// A --force attach that fails puts the program it removed back.
+	_, err = r.tryAttach(rigHostIf, AttachOptions{Force: true, failpoint: failAt("done", errors.New("injected"))})
+	if err == nil || r.xdpProgID(t) != uint32(id) {
+		t.Fatalf("a failed --force attach: %v, program %d on the interface, want %d back", err, r.xdpProgID(t), id)
+	}
+
 	res := r.attach(t, AttachOptions{Force: true})
 	if res.Action != "attached" || r.xdpProgID(t) == uint32(id) {
 		t.Fatalf("--force: %+v, program %d: want ours attached", res, r.xdpProgID(t))

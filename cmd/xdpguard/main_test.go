@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/xdpguard/xdpguard/internal/nstest"
 	"github.com/xdpguard/xdpguard/internal/testpkt"
 	"github.com/xdpguard/xdpguard/loader"
@@ -179,16 +181,6 @@ func TestCLIInNamespace(t *testing.T) {
 		t.Fatalf("second attach output: %q", out)
 	}
 
-	// A failed attach --monitor takes everything back, the mode included:
-	// it used to leave the whole host in monitor, passing attacks.
-	code, _, errb = cli("attach", "xg1", "nosuch0", "--monitor")
-	if code != exitFailed || !strings.Contains(errb, `"nosuch0"`) {
-		t.Fatalf("attach xg1 nosuch0 --monitor: exit %d, %q; want 1 naming nosuch0", code, errb)
-	}
-	if out := mustCLI("mode"); out != "enforce\n" {
-		t.Fatalf("mode after a failed attach --monitor: %q, want enforce", out)
-	}
-
 	var st statusReport
 	if err := json.Unmarshal([]byte(mustCLI("status", "--json")), &st); err != nil {
 		t.Fatal(err)
@@ -207,6 +199,46 @@ func TestCLIInNamespace(t *testing.T) {
 	}
 	if out := mustCLI("status"); !strings.Contains(out, fmt.Sprintf("%d (this one)", ino)) {
 		t.Fatalf("status does not name the namespace:\n%s", out)
+	}
+
+	// A failed attach --monitor takes everything back, the mode included:
+	// it used to leave the whole host in monitor, passing attacks.
+	code, _, errb = cli("attach", "xg1", "nosuch0", "--monitor")
+	if code != exitFailed || !strings.Contains(errb, `"nosuch0"`) {
+		t.Fatalf("attach xg1 nosuch0 --monitor: exit %d, %q; want 1 naming nosuch0", code, errb)
+	}
+	if out := mustCLI("mode"); out != "enforce\n" {
+		t.Fatalf("mode after a failed attach --monitor: %q, want enforce", out)
+	}
+	var after statusReport
+	if err := json.Unmarshal([]byte(mustCLI("status", "--json")), &after); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(after.Attachments) != fmt.Sprint(st.Attachments) {
+		t.Fatalf("a failed attach changed the attachments:\n got %+v\nwant %+v", after.Attachments, st.Attachments)
+	}
+	// The same when the failure comes after the mode was written and
+	// another interface attached: a bridge has no native XDP.
+	nstest.Veth(t, peer, "xg2", host, "xg3", 0)
+	if err := host.Handle().LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "xgbr0"}}); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errb = cli("attach", "xg3", "xgbr0", "--mode", "native", "--monitor")
+	if code != exitFailed || !strings.Contains(errb, "xgbr0") {
+		t.Fatalf("attach xg3 xgbr0 --mode native --monitor: exit %d, %q; want 1 naming xgbr0", code, errb)
+	}
+	if out := mustCLI("mode"); out != "enforce\n" {
+		t.Fatalf("mode after an attach --monitor that failed half-way: %q, want enforce", out)
+	}
+	if l, err := host.Link("xg3"); err != nil || (l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached) {
+		t.Fatalf("xg3 after the failed attach: %v, XDP %+v; want nothing attached", err, l.Attrs().Xdp)
+	}
+	after = statusReport{}
+	if err := json.Unmarshal([]byte(mustCLI("status", "--json")), &after); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(after.Attachments) != fmt.Sprint(st.Attachments) {
+		t.Fatalf("an attach that failed half-way changed the attachments:\n got %+v\nwant %+v", after.Attachments, st.Attachments)
 	}
 
 	mustCLI("allow", "add", "203.0.113.0/24", "2001:db8::/48")
