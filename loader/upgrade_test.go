@@ -16,9 +16,10 @@ import (
 	"github.com/xdpguard/xdpguard/internal/nstest"
 )
 
-// v0Object is the data plane of the release whose pinned layout was
-// <pin>/ifaces/<ifindex>/ (git show main:loader/xdpguard_bpfel.o at the time).
-const v0Object = "testdata/v0/xdpguard_bpfel.o"
+// ifindexLayoutObject is the data plane of the release whose pinned layout
+// was <pin>/ifaces/<ifindex>/ (git show main:loader/xdpguard_bpfel.o at the
+// time; the data-plane branch adds the same file for its own upgrade test).
+const ifindexLayoutObject = "testdata/v0/xdpguard_bpfel.o"
 
 // attachV0 does what that release's attach did, with its own object: the
 // shared maps pinned under pin (made on first use, holding its default
@@ -27,7 +28,7 @@ const v0Object = "testdata/v0/xdpguard_bpfel.o"
 // link's id.
 func attachV0(t *testing.T, ns *nstest.NS, pin, ifname string, egress bool, allow ...netip.Prefix) link.ID {
 	t.Helper()
-	spec, err := ebpf.LoadCollectionSpec(v0Object)
+	spec, err := ebpf.LoadCollectionSpec(ifindexLayoutObject)
 	if err != nil {
 		t.Fatal(err)
 	}
