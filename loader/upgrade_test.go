@@ -3,6 +3,7 @@ package loader
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -172,6 +173,22 @@ func TestUpgradeFromIfindexLayout(t *testing.T) {
 	}
 	if len(atts) != 3 || atts[0].Netns != 0 {
 		t.Fatalf("status of the old layout: %+v, want 3 attachments of unknown namespace", atts)
+	}
+	// stats of a new binary reads A's counters before any upgrade.
+	err = a.host.Do(func() error {
+		g, err := OpenReadOnly(a.pin)
+		if err != nil {
+			return err
+		}
+		defer g.Close()
+		st, err := g.Stats(rigHostIf)
+		if err == nil && (len(st) != 2 || st[0].Counters[ReasonDropRequest.String()].Packets != 1) {
+			err = fmt.Errorf("stats on the old layout: %+v, want xg1's xdp and tc with 1 drop_request", st)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 
 	res := a.attach(t, AttachOptions{Egress: true})
