@@ -38,6 +38,15 @@ var linkKinds = map[string]linkKind{
 	fmt.Sprintf("unknown%d", unix.ARPHRD_RAWIP): linkL3, // raw-IP modems (rmnet, qmi_wwan)
 }
 
+// programNames names the XDP and TC programs that parse frames of kind k,
+// as the compiled object names them.
+func programNames(k linkKind) (xdp, tc string) {
+	if k == linkL3 {
+		return xdpguardProgXdpguardXdpL3, xdpguardProgXdpguardTcL3
+	}
+	return xdpguardProgXdpguardXdp, xdpguardProgXdpguardTc
+}
+
 // entryPoints says which programs parse l's frames, from the link's type.
 // A type whose frames xdpguard cannot parse is refused: attaching there
 // would report protection that is not there.

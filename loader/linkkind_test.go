@@ -107,7 +107,8 @@ func TestAttachPicksEntryPointsByLinkType(t *testing.T) {
 					return err
 				}
 				defer g.Close()
-				return g.DetachAll()
+				_, err = g.DetachAll()
+				return err
 			})
 		}
 	})
