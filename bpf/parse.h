@@ -209,6 +209,16 @@ static __always_inline int in_packet(void *p, __u32 n, void *data_end, void *ip_
 	return p + n <= data_end && p + n <= ip_end;
 }
 
+/* bounded16 returns v behind an AND the verifier sees. The verifiers of
+ * Linux 5.10, 6.1 and 6.12 forget a value's bounds across a byte swap, so a
+ * swapped length added to a packet pointer is "unbounded" to them; clang
+ * drops a plain & 0xffff that it knows changes nothing. */
+static __always_inline __u32 bounded16(__u32 v)
+{
+	asm volatile("%0 &= 0xffff" : "+r"(v));
+	return v;
+}
+
 static __always_inline enum parse_result parse_udp(void *cursor, void *data_end, void *ip_end,
 						   struct packet *pkt)
 {
@@ -255,7 +265,7 @@ static __always_inline enum parse_result parse_ipv4(void *cursor, void *data_end
 	pkt->first_fragment = (frag & IPV4_FRAG_MORE) != 0;
 	/* ip_rcv_core trims the packet to tot_len (or drops it if tot_len is
 	 * below IHL*4 or past the frame): the ports must lie inside it. */
-	tot_len = bpf_ntohs(*(__u16 *)(ip + 2));
+	tot_len = bounded16(bpf_ntohs(*(__u16 *)(ip + 2)));
 	return parse_udp(cursor + hlen, data_end, cursor + tot_len, pkt);
 }
 
@@ -279,7 +289,7 @@ static __always_inline enum parse_result parse_ipv6(void *cursor, void *data_end
 	/* ip6_rcv_core trims to 40 + payload length, except a payload length
 	 * of 0 behind hop-by-hop: a jumbogram, longer than any chain read
 	 * here, so only the frame bounds it. */
-	plen = bpf_ntohs(*(__u16 *)(ip + 4));
+	plen = bounded16(bpf_ntohs(*(__u16 *)(ip + 4)));
 	if (plen == 0 && nexthdr == IPPROTO_HOPOPTS)
 		plen = IPV6_MAXPLEN;
 	ip_end = cursor + IPV6_HLEN + plen;
