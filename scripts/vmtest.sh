@@ -24,6 +24,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 here=$root/scripts/vmtest
 cache=${VMTEST_CACHE:-/var/cache/xdpguard-vmtest}
 timeout=${VMTEST_TIMEOUT:-15m}
+[[ $timeout =~ ^[0-9]+m$ ]] || { echo "vmtest: VMTEST_TIMEOUT '$timeout' must be whole minutes, like 15m" >&2; exit 2; }
 mem=${VMTEST_MEM:-2G}
 cpus=${VMTEST_CPUS:-2}
 kernels=("$@")
@@ -64,16 +65,21 @@ for p in "${pkgs[@]}"; do
 	name=${p#./}
 	(cd "$root" && go test -c -o "$run/bin/${name//\//_}.test" "$p")
 done
-# The CLI and e2e tests `go build` xdpguard in the guest; building it here
-# first fills the build cache the guest reads through the overlay, so the
-# guest only links.
-(cd "$root" && go build -o /dev/null ./cmd/xdpguard)
+# The CLI and e2e tests `go build -o OUT ./cmd/xdpguard` in the guest, which
+# takes minutes under TCG: every main package under cmd/ is built here by
+# that same command, and the guest's `go` (vmtest/go) hands these out.
+mkdir -p "$run/prebuilt"
+while read -r dir; do
+	rel=${dir#"$root"/}
+	(cd "$root" && go build -o "$run/prebuilt/${rel//\//_}" "./$rel")
+done < <(cd "$root" && go list -f '{{if eq .Name "main"}}{{.Dir}}{{end}}' ./cmd/...)
 echo "vmtest: built in $((SECONDS - t0)) s"
 
 # The guest's environment: Go's, so its `go build` finds this cache and
 # modules without a network.
 {
-	printf 'export PATH=%q\n' "$(dirname "$(command -v go)"):/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	printf 'export PATH=%q\n' "$here/gobin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	printf 'export VMTEST_REAL_GO=%q VMTEST_ROOT=%q VMTEST_PREBUILT=%q\n' "$(command -v go)" "$(cd "$root" && pwd -P)" "$run/prebuilt"
 	printf 'export HOME=%q\n' "$HOME"
 	for v in GOCACHE GOMODCACHE GOPATH GOFLAGS GOROOT; do
 		printf 'export %s=%q\n' "$v" "$(go env "$v")"
@@ -121,6 +127,7 @@ initramfs() {
 # every test must run) or a missing status (the guest died).
 report() {
 	local pkg=$1 log=$2 rcfile=$3 rc start end secs
+	result="FAIL -"
 	if [[ ! -f $rcfile ]]; then
 		echo "FAIL	$pkg	(no result: the guest stopped before the package finished)"
 		[[ -f $log ]] && grep -v -E '^\s*(=== (RUN|PAUSE|CONT|NAME)|--- PASS)' "$log" | tail -40
@@ -128,6 +135,7 @@ report() {
 	fi
 	read -r rc start end <"$rcfile"
 	secs=$(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.1f", e - s }')
+	result="FAIL ${secs}s"
 	if ((rc != 0)); then
 		# The whole story of what failed, as scripts/test.sh prints it.
 		grep -v -E '^\s*(=== (RUN|PAUSE|CONT|NAME)|--- PASS)' "$log" | grep -v -E '^(PASS|FAIL)$' | tail -150
@@ -140,11 +148,13 @@ report() {
 		return 1
 	fi
 	echo "ok  	$pkg	${secs}s"
+	result="ok ${secs}s"
 }
 
 module=$(cd "$root" && go list -m)
 status=0
 summary=()
+table=()
 for k in "${kernels[@]}"; do
 	echo
 	echo "==> kernel $k"
@@ -192,10 +202,13 @@ for k in "${kernels[@]}"; do
 		if ! report "$module/$name [$kver]" "$out/${name//\//_}.log" "$out/${name//\//_}.rc"; then
 			status=1
 		fi
+		table+=("$(printf '%-6s %-16s %s' "$k" "$name" "$result")")
 	done
 	boot=$(cat "$out/boot" 2>/dev/null || echo '?')
 	summary+=("$k ($kver): kernel+initramfs ${prep} s, boot to tests ${boot} s, whole VM ${vm} s; logs in $logs")
 done
 echo
 printf 'vmtest: %s\n' "${summary[@]}"
+echo
+printf '%s\n' "${table[@]}"
 exit "$status"

@@ -20,6 +20,9 @@ esac
 
 apt=$cache/apt/$series
 mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$apt/parts"
+# One fetch per series at a time: concurrent runs share the cache.
+exec 9>"$apt/lock"
+flock 9
 : >"$apt/sources.list"
 for s in "${suites[@]}"; do
 	echo "deb [signed-by=$keyring] $mirror/${s% *} ${s#* } main" >>"$apt/sources.list"
