@@ -9,6 +9,7 @@
 #
 # Environment:
 #   VMTEST_CACHE     kernels, initramfs images and logs (/var/cache/xdpguard-vmtest)
+#   VMTEST_LOGS      where each kernel's logs go (VMTEST_CACHE/logs)
 #   VMTEST_PKGS      packages to run (default below)
 #   VMTEST_TIMEOUT   -test.timeout of each package in the guest (default 15m)
 #   VMTEST_MEM, VMTEST_CPUS  guest size (2G, 2)
@@ -45,8 +46,9 @@ die() { echo "vmtest: $*" >&2; exit 2; }
 for tool in qemu-system-x86_64 depmod modprobe xz; do
 	command -v "$tool" >/dev/null || die "$tool not found: run scripts/deps.sh"
 done
-[[ -x /bin/busybox ]] && ! ldd /bin/busybox >/dev/null 2>&1 ||
-	die "/bin/busybox is not the static one: run scripts/deps.sh (busybox-static)"
+if [[ ! -x /bin/busybox ]] || ldd /bin/busybox >/dev/null 2>&1; then
+	die "/bin/busybox is missing or not the static one: run scripts/deps.sh (busybox-static)"
+fi
 for k in "${kernels[@]}"; do
 	case $k in 5.10 | 6.1 | 6.12) ;; *) die "unknown KERNEL '$k': use 5.10, 6.1 or 6.12" ;; esac
 done
@@ -172,7 +174,7 @@ for k in "${kernels[@]}"; do
 		name=${p#./}
 		echo "${name//\//_} $root/$name $run/bin/${name//\//_}.test $timeout" >>"$out/plan"
 	done
-	logs=$cache/logs/$k
+	logs=${VMTEST_LOGS:-$cache/logs}/$k
 	rm -rf "$logs" && mkdir -p "$logs"
 	# A whole guest may not outlive every package's own timeout plus a boot.
 	limit=$(( (${timeout%m} * ${#pkgs[@]} + 5) * 60 ))

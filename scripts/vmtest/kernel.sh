@@ -48,7 +48,7 @@ tree=$cache/kernels/$series/$image-$version
 if [[ ! -f $tree/.unpacked ]]; then
 	echo "vmtest: fetching $image $version" >&2
 	(cd "$apt/archives" && apt-get "${opts[@]}" download "$image" >&2)
-	deb=$(ls "$apt/archives/${image}_"*.deb | sort -V | tail -1)
+	deb=$(find "$apt/archives" -maxdepth 1 -name "${image}_*.deb" | sort -V | tail -1)
 	rm -rf "$tree" && mkdir -p "$tree"
 	dpkg-deb -x "$deb" "$tree"
 	kver=$(ls "$tree/lib/modules")
