@@ -28,6 +28,12 @@ mount -t 9p -o trans=virtio,version=9p2000.L,rw hostresults "$results" || { cons
 # Autoloading: the kernel runs this for veth, sch_ingress, cls_bpf...; the
 # modules tree of the booted kernel is bound at /lib/modules by stage 1.
 echo /usr/sbin/modprobe >/proc/sys/kernel/modprobe
+# The device nodes that load their module when opened (/dev/net/tun...), as
+# systemd-tmpfiles makes them on a booted host from kmod's list.
+kmod static-nodes --format=tmpfiles | while read -r type path mode _ _ _ devno; do
+	mkdir -p "${path%/*}"
+	[[ -e $path ]] || mknod -m "$mode" "$path" "${type:0:1}" "${devno%%:*}" "${devno##*:}"
+done
 ip link set lo up
 hostname vmtest
 console "up in $(cut -d' ' -f1 /proc/uptime) s: $(uname -r)"

@@ -40,10 +40,15 @@ if [[ -z $(find "$apt/lists" -maxdepth 1 -name '*_Packages' -mmin -1440 2>/dev/n
 fi
 # The metapackage names the suite's current ABI (linux-image-5.10.0-46-amd64,
 # linux-image-6.12.57+deb12-amd64...): signed, with vmlinuz and modules.
-image=$(apt-cache "${opts[@]}" depends linux-image-amd64 |
-	awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
-[[ -n $image ]] || { echo "vmtest: no linux-image-amd64 in ${suites[*]}" >&2; exit 1; }
-version=$(apt-cache "${opts[@]}" show "$image" | awk '/^Version:/ { print $2; exit }')
+# Resolved once per index refresh: apt-cache reads the whole index.
+if [[ ! -s $apt/resolved || -n $(find "$apt/lists" -maxdepth 1 -name '*_Packages' -newer "$apt/resolved") ]]; then
+	image=$(apt-cache "${opts[@]}" depends linux-image-amd64 |
+		awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
+	[[ -n $image ]] || { echo "vmtest: no linux-image-amd64 in ${suites[*]}" >&2; exit 1; }
+	version=$(apt-cache "${opts[@]}" show "$image" | awk '/^Version:/ { print $2; exit }')
+	echo "$image $version" >"$apt/resolved"
+fi
+read -r image version <"$apt/resolved"
 tree=$cache/kernels/$series/$image-$version
 if [[ ! -f $tree/.unpacked ]]; then
 	echo "vmtest: fetching $image $version" >&2
