@@ -24,16 +24,18 @@ off() {
 	sleep 30
 }
 console() { echo "vmtest: $*" >/dev/console; }
-mount -t 9p -o trans=virtio,version=9p2000.L,rw hostresults "$results" || { console "cannot mount results at $results"; off; }
+mount -t 9p -o trans=virtio,version=9p2000.L,rw,msize=524288 hostresults "$results" || { console "cannot mount results at $results"; off; }
 # Autoloading: the kernel runs this for veth, sch_ingress, cls_bpf...; the
 # modules tree of the booted kernel is bound at /lib/modules by stage 1.
 echo /usr/sbin/modprobe >/proc/sys/kernel/modprobe
 # The device nodes that load their module when opened (/dev/net/tun...), as
-# systemd-tmpfiles makes them on a booted host from kmod's list.
-kmod static-nodes --format=tmpfiles | while read -r type path mode _ _ _ devno; do
-	mkdir -p "${path%/*}"
-	[[ -e $path ]] || mknod -m "$mode" "$path" "${type:0:1}" "${devno%%:*}" "${devno##*:}"
-done
+# systemd-tmpfiles makes them on a booted host from depmod's list.
+while read -r _ name devno; do
+	[[ $devno =~ ^([cb])([0-9]+):([0-9]+)$ ]] || continue
+	mkdir -p "$(dirname "/dev/$name")"
+	[[ -e /dev/$name ]] || mknod -m 0600 "/dev/$name" "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" "${BASH_REMATCH[3]}"
+done <"/lib/modules/$(uname -r)/modules.devname"
+chmod 0666 /dev/net/tun /dev/fuse 2>/dev/null
 ip link set lo up
 hostname vmtest
 console "up in $(cut -d' ' -f1 /proc/uptime) s: $(uname -r)"
