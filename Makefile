@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 BIN := bin/xdpguard
 
-.PHONY: all deps generate build test fuzz demo bench install clean
+.PHONY: all deps generate build test vmtest fuzz demo bench install clean
 
 all: build
 
@@ -21,6 +21,12 @@ build:
 
 test: deps
 	./scripts/test.sh
+
+# The kernel-facing tests inside Debian's stock kernels under qemu
+# (docs/vmtest.md): `sudo make vmtest KERNEL=6.1`; all three by default.
+KERNEL ?= 5.10 6.1 6.12
+vmtest: deps
+	./scripts/vmtest.sh $(KERNEL)
 
 FUZZTIME ?= 60s
 fuzz: deps

@@ -3,6 +3,9 @@
 # Debian machine, and nothing when it is already there. Go itself must exist.
 set -euo pipefail
 pkgs=(clang llvm libbpf-dev bpftool xdp-tools memcached netsniff-ng nftables tcpdump iproute2 python3-scapy)
+# make vmtest: qemu boots the test kernels, busybox-static is their initramfs,
+# kmod's depmod/modprobe resolve their modules, xz unpacks compressed ones.
+pkgs+=(qemu-system-x86 busybox-static kmod xz-utils util-linux debian-archive-keyring)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
