@@ -60,6 +60,8 @@ type host struct {
 	ns, peer *nstest.NS
 	pin      string
 	dir      string // config directory
+	// wrap, if set, is the command the agent runs under (setpriv ...).
+	wrap []string
 }
 
 func newHost(t *testing.T) *host {
@@ -165,7 +167,11 @@ func (h *host) startAgent(t *testing.T, cfg string, extra ...string) *agentProc 
 		}
 	}()
 	args := append([]string{"agent", "--config", cfg, "--log-format", "json", "--log-level", "debug"}, extra...)
-	a.cmd = h.ns.Command(xdpguardBin, args...)
+	if len(h.wrap) > 0 {
+		a.cmd = h.ns.Command(h.wrap[0], append(append(h.wrap[1:len(h.wrap):len(h.wrap)], xdpguardBin), args...)...)
+	} else {
+		a.cmd = h.ns.Command(xdpguardBin, args...)
+	}
 	a.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
 	stderr, err := a.cmd.StderrPipe()
 	if err != nil {

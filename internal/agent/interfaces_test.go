@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"syscall"
@@ -203,5 +204,55 @@ func TestNetlinkOverrunResyncs(t *testing.T) {
 	})
 	if a.log.count("netlink link subscription lost", "no buffer space") == 0 {
 		t.Errorf("no overrun logged: the test did not exercise the resync it is for")
+	}
+}
+
+// TestOneBadInterfaceDoesNotBlockOthers: an interface that cannot be
+// protected (another XDP program holds it and force is off) is reported
+// unprotected, and every other matching interface is protected anyway;
+// with force: true the agent takes it over.
+func TestOneBadInterfaceDoesNotBlockOthers(t *testing.T) {
+	t.Parallel()
+	h := newHost(t)
+	for _, n := range []string{"xf0", "xf1", "xf2"} {
+		h.veth(t, n)
+	}
+	// Someone else's XDP program on xf1: xdpguard under another pin path
+	// is as foreign to this agent as any other.
+	other := "/sys/fs/bpf/xgtest-agent-other-" + randHex(4)
+	t.Cleanup(func() {
+		_, _ = h.ns.Run(xdpguardBin, "--pin-path", other, "detach", "--all")
+		_ = os.RemoveAll(other)
+	})
+	if out, err := h.ns.Run(xdpguardBin, "--pin-path", other, "attach", "xf1"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	foreign := h.kernelXDP(t, "xf1")
+
+	cfg := h.writeConfig(t, "interfaces:\n  include: [\"xf*\"]\n")
+	a := h.startAgent(t, cfg)
+	st := h.status(t)
+	if !st.has("xf0", "xdp") || !st.has("xf2", "xdp") {
+		t.Fatalf("one foreign program blocked the other interfaces: %+v", st.Attachments)
+	}
+	if got := h.kernelXDP(t, "xf1"); got != foreign {
+		t.Fatalf("without force the agent replaced the foreign program %d with %d", foreign, got)
+	}
+	if a.notes.count("READY=1", "STATUS=protecting 2 of 3 wanted interfaces") != 1 {
+		t.Errorf("systemd was not told 2 of 3 are protected: %v", a.notes.all())
+	}
+	if a.log.count(`"msg":"interface unprotected"`, `"interface":"xf1"`, "another XDP program") != 1 {
+		t.Errorf("xf1's failure not logged once with its reason")
+	}
+
+	// force: true, and the file watch applies it.
+	h.writeConfig(t, "interfaces:\n  include: [\"xf*\"]\n  force: true\n")
+	nstest.Eventually(t, 10*time.Second, "xf1 taken over", func() (bool, error) {
+		got := h.kernelXDP(t, "xf1")
+		return got != 0 && got != foreign, nil
+	})
+	h.waitFor(t, 5*time.Second, "xf1 in this agent's status", func(st status) bool { return st.has("xf1", "xdp") })
+	if a.log.count("interface protected again", `"interface":"xf1"`) != 1 {
+		t.Errorf("no log line saying xf1 is protected again")
 	}
 }
