@@ -37,6 +37,10 @@ type Observer interface {
 	// Reconciled follows every reconcile that called the loader; err is
 	// nil when every wanted interface ended up protected.
 	Reconciled(trigger string, err error)
+	// SetInterfaces follows every reconcile that read back what is
+	// attached: how many interfaces the config wants and how many of
+	// them are protected.
+	SetInterfaces(wanted, protected int)
 }
 
 // Options configure an Agent.
@@ -145,6 +149,7 @@ type nopObserver struct{}
 
 func (nopObserver) ConfigLoaded(error)       {}
 func (nopObserver) Reconciled(string, error) {}
+func (nopObserver) SetInterfaces(int, int)   {}
 
 // Config is the config in force.
 func (a *Agent) Config() *config.Config { return a.cfg }
@@ -164,6 +169,16 @@ func (a *Agent) Status() Status {
 		s.Unprotected = u
 	}
 	return s
+}
+
+// Ready is nil when the agent is ready (the config on disk is in force and
+// every wanted interface is protected), else why not; for /readyz.
+func (a *Agent) Ready() error {
+	st := a.Status()
+	if st.Ready {
+		return nil
+	}
+	return errors.New(st.Why)
 }
 
 func (a *Agent) updateStatus(f func(s *Status)) {

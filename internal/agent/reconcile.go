@@ -156,6 +156,7 @@ func (a *Agent) reconcile(full bool, why string) error {
 	}
 	a.log.Debug("reconciled", "why", why, "full", full, "wanted", len(wanted), "protected", len(protected),
 		"changes", len(changes), "took", time.Since(start))
+	a.obs.SetInterfaces(len(wanted), len(protected))
 	a.updateStatus(func(s *Status) {
 		s.Wanted, s.Protected = wanted, protected
 		s.Unprotected = nil
