@@ -23,8 +23,11 @@ func TestMatchingInterfacesProtected(t *testing.T) {
 	for _, n := range []string{"xm0", "xm1", "xm9", "oth0"} {
 		h.veth(t, n)
 	}
-	cfg := h.writeConfig(t, "interfaces:\n  include: [\"xm*\", \"l*\"]\n  exclude: [xm9]\n  egress: true\n")
+	cfg := h.writeConfig(t, "interfaces:\n  include: [\"xm*\", \"l*\", xlit0]\n  exclude: [xm9]\n  egress: true\n")
 	a := h.startAgent(t, cfg)
+	if n := a.log.count("does not exist", `"interface":"xlit0"`); n != 1 {
+		t.Errorf("the absent literal xlit0 logged %d times, want once", n)
+	}
 
 	st := h.status(t)
 	for _, n := range []string{"xm0", "xm1"} {
@@ -50,6 +53,7 @@ func TestMatchingInterfacesProtected(t *testing.T) {
 		name := fmt.Sprintf("xmn%d", i)
 		lat = append(lat, h.upToProtected(t, name))
 	}
+	lat = append(lat, h.upToProtected(t, "xlit0"))
 	slices.Sort(lat)
 	t.Logf("link up -> XDP program attached (polled every <=1 ms): min %v, median %v, max %v over %d veths",
 		lat[0], lat[len(lat)/2], lat[len(lat)-1], len(lat))

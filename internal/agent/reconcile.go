@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -57,12 +58,33 @@ func (a *Agent) makePlan() (*plan, error) {
 			})
 		}
 	}
+	a.noteAbsent(p.links)
 	for idx, name := range a.links {
 		if _, ok := p.links[idx]; !ok {
 			p.why[gone(idx)] = fmt.Sprintf("interface %s (ifindex %d) is gone", name, idx)
 		}
 	}
 	return p, nil
+}
+
+// noteAbsent logs, once each, the interfaces include names literally that do
+// not exist: not an error (a bond or VLAN may come later, and is protected
+// when it does), but a typo would otherwise go unseen.
+func (a *Agent) noteAbsent(links map[int]string) {
+	present := map[string]bool{}
+	for _, n := range links {
+		present[n] = true
+	}
+	for _, pat := range a.cfg.Interfaces.Include {
+		if strings.ContainsAny(pat, `*?[\`) || present[pat] {
+			delete(a.absentLogged, pat)
+			continue
+		}
+		if !a.absentLogged[pat] {
+			a.log.Warn("an interface include names does not exist; it is protected when it appears", "interface", pat)
+			a.absentLogged[pat] = true
+		}
+	}
 }
 
 // gone is how the loader names an interface that no longer exists.
