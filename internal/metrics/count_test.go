@@ -2,9 +2,14 @@ package metrics
 
 import (
 	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/xdpguard/xdpguard/internal/nstest"
 	"github.com/xdpguard/xdpguard/loader"
@@ -95,4 +100,62 @@ func BenchmarkCountFullFragTable(b *testing.B) {
 			b.ReportMetric(float64(n), "entries")
 		})
 	}
+}
+
+// BenchmarkScrapeFullFragTable is one whole scrape of the kernel state (open
+// the pin path read-only, read config, allow counts and map fill, count the
+// fragment table) with nothing attached, the fragment table empty, then
+// full.
+func BenchmarkScrapeFullFragTable(b *testing.B) {
+	nstest.RequireRoot(b)
+	pin := filepath.Join("/sys/fs/bpf", fmt.Sprintf("xgmetrics-bench-%d", os.Getpid()))
+	g, err := loader.Open(pin, true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		if err := g.DetachAll(); err != nil {
+			b.Error(err)
+		}
+		g.Close()
+	})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(NewGuardSource(pin, 0)))
+	scrape := func(b *testing.B) {
+		for b.Loop() {
+			if _, err := reg.Gather(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.Run("empty", scrape)
+	fillFrags(b, g.Maps.Frags, 0, int(g.Maps.Frags.MaxEntries()))
+	b.Run("full", scrape)
+}
+
+// TestFragCountCache: a count is reused for its time to live, then taken
+// afresh; with no time to live every scrape counts.
+func TestFragCountCache(t *testing.T) {
+	m := newMaps(t)
+	now := time.Unix(1_000_000, 0)
+	clock := func() time.Time { return now }
+	cached := &fragCounter{ttl: FragCountCacheFor, now: clock}
+	uncached := &fragCounter{now: clock}
+	expect := func(fc *fragCounter, want int, when string) {
+		t.Helper()
+		n, err := fc.count(m.Frags)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != want {
+			t.Errorf("%s: counted %d, want %d", when, n, want)
+		}
+	}
+	expect(cached, 0, "empty")
+	fillFrags(t, m.Frags, 0, 10)
+	expect(uncached, 10, "uncached, at once")
+	now = now.Add(FragCountCacheFor - time.Millisecond)
+	expect(cached, 0, "cached, just before the count expires")
+	now = now.Add(time.Millisecond)
+	expect(cached, 10, "cached, once the count expired")
 }
