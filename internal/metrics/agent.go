@@ -8,8 +8,8 @@ import (
 
 // AgentState is what the agent reports about itself: reconcile runs, the
 // config file's validity and the interfaces it wants and protects. The agent
-// calls its methods as things happen; it is a prometheus.Collector, safe for
-// concurrent use.
+// calls its methods as things happen (ConfigLoaded and Reconciled match the
+// agent's Observer); it is a prometheus.Collector, safe for concurrent use.
 type AgentState struct {
 	reconciles      prometheus.Counter
 	reconcileErrors prometheus.Counter
@@ -42,8 +42,10 @@ func NewAgentState() *AgentState {
 	}
 }
 
-// ReconcileDone counts one finished reconcile run; err is its outcome.
-func (s *AgentState) ReconcileDone(err error) {
+// Reconciled counts one finished reconcile run; err is its outcome. The
+// trigger (start, SIGHUP, a file, a link event) is not a label: it is the
+// agent's free text, for its log, and labels must stay bounded.
+func (s *AgentState) Reconciled(trigger string, err error) {
 	s.reconciles.Inc()
 	if err != nil {
 		s.reconcileErrors.Inc()

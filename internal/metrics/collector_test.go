@@ -186,14 +186,35 @@ func TestCollectorNothingPinned(t *testing.T) {
 	}
 }
 
-// TestCollectorReadErrorFailsScrape: a failed read fails the scrape with its
-// cause, rather than serve part of the state.
+// TestCollectorReadErrorFailsScrape: a read that keeps failing fails the
+// scrape with its cause, rather than serve part of the state.
 func TestCollectorReadErrorFailsScrape(t *testing.T) {
 	src := SourceFunc(func() (*Snapshot, error) { return nil, errors.New("eth0: open counters: permission denied") })
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(NewCollector(src))
 	if _, err := reg.Gather(); err == nil || !strings.Contains(err.Error(), "permission denied") {
 		t.Errorf("gather: %v, want the read's error", err)
+	}
+}
+
+// TestCollectorRetriesOnce: one failed read (an interface detached while
+// it was read) is read again; the scrape succeeds with the second read.
+func TestCollectorRetriesOnce(t *testing.T) {
+	var reads atomic.Int32
+	src := SourceFunc(func() (*Snapshot, error) {
+		if reads.Add(1) == 1 {
+			return nil, errors.New("xm1: open counters: no such file or directory")
+		}
+		return fakeSnapshot(), nil
+	})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(src))
+	n, err := testutil.GatherAndCount(reg, Attached)
+	if err != nil || n != 3 {
+		t.Errorf("scrape after one failed read: %d attachments, %v; want 3, no error", n, err)
+	}
+	if reads.Load() != 2 {
+		t.Errorf("%d reads, want 2", reads.Load())
 	}
 }
 
@@ -216,7 +237,7 @@ xdpguard_reconcile_errors_total 0
 xdpguard_reconcile_total 0
 `)
 	s.ConfigLoaded(nil)
-	s.ReconcileDone(nil)
+	s.Reconciled("start", nil)
 	s.SetInterfaces(3, 2)
 	want(`
 xdpguard_config_last_reload_success_timestamp_seconds 1.7958564005e+09
@@ -229,7 +250,7 @@ xdpguard_reconcile_total 1
 	// A rejected reload: invalid, the last success's time stays.
 	s.now = func() time.Time { return at.Add(time.Hour) }
 	s.ConfigLoaded(errors.New("xdpguard.yaml:3: ports: invalid port"))
-	s.ReconcileDone(errors.New("attach eth1: device busy"))
+	s.Reconciled("link eth1", errors.New("attach eth1: device busy"))
 	s.SetInterfaces(3, 3)
 	want(`
 xdpguard_config_last_reload_success_timestamp_seconds 1.7958564005e+09

@@ -98,10 +98,16 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 // Collect reads the kernel now. Before anything is attached (nothing
-// pinned) it sends nothing; a failed read fails the scrape rather than
-// show part of the state as if it were all of it.
+// pinned) it sends nothing; a read that fails twice in a row fails the
+// scrape rather than show part of the state as if it were all of it.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	snap, err := c.src.Read()
+	if err != nil && !errors.Is(err, loader.ErrNotSetUp) {
+		// An interface detached between the listing of the pinned
+		// state and the reading of its counters fails one read (its
+		// pins are gone); the next read sees the state after it.
+		snap, err = c.src.Read()
+	}
 	if errors.Is(err, loader.ErrNotSetUp) {
 		return
 	}
