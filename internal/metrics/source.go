@@ -59,11 +59,12 @@ type GuardSource struct {
 
 // FragCountCacheFor is how long the agent reuses a count of the fragment
 // table. Counting walks the whole table (CountEntries): with the table full
-// (65,536 entries) that is 12 to 26 ms of kernel time, 15 times the rest of
-// a scrape, and the walk takes the table's bucket locks that the XDP
-// program takes to insert during a fragment flood. Cached, any number of
-// scrapers cost one walk per period; a fill level a few seconds old is
-// still a fill level. Counters are never cached.
+// (65,536 entries) a whole scrape took 22 to 44 ms against 2 to 3 ms with it
+// empty (BenchmarkScrapeFullFragTable, 2-core VM shared with other test
+// runs), and the walk takes the table's bucket locks, which the XDP program
+// needs to insert during a fragment flood. Cached, any number of scrapers
+// cost one walk per period; a fill level a few seconds old is still a fill
+// level. Counters are never cached.
 const FragCountCacheFor = 5 * time.Second
 
 // NewGuardSource reads the state under pinPath; interfaces, when given,
