@@ -46,9 +46,9 @@ func printStatus(w io.Writer, pinPath string, rep statusReport) {
 		return
 	}
 	tw = table(w)
-	fmt.Fprintln(tw, "INTERFACE\tIFINDEX\tHOOK\tMODE\tPROGRAM")
+	fmt.Fprintln(tw, "INTERFACE\tIFINDEX\tNETNS\tHOOK\tMODE\tPROGRAM")
 	for _, a := range rep.Attachments {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\n", a.Interface, a.Ifindex, a.Hook, a.Mode, a.ProgramID)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\n", a.Interface, a.Ifindex, netnsLabel(a), a.Hook, a.Mode, a.ProgramID)
 	}
 	tw.Flush()
 }
@@ -79,4 +79,16 @@ func printPrometheus(w io.Writer, src metrics.Source) error {
 // guardSource reads g; names, when given, restrict the per-interface series.
 func guardSource(g *loader.Guard, names []string) metrics.Source {
 	return metrics.SourceFunc(func() (*metrics.Snapshot, error) { return metrics.ReadGuard(g, names...) })
+}
+
+// netnsLabel names an attachment's network namespace by its inode, marking
+// the one status runs in.
+func netnsLabel(a loader.Attachment) string {
+	switch {
+	case a.Netns == 0:
+		return "unknown (pinned by an older release: attach in its namespace upgrades it)"
+	case a.Here:
+		return fmt.Sprintf("%d (this one)", a.Netns)
+	}
+	return fmt.Sprint(a.Netns)
 }

@@ -33,9 +33,11 @@ func fakeSnapshot() *Snapshot {
 			{Interface: "veth1", Ifindex: 9, Hook: "xdp", Counters: map[string]loader.Counter{"would_drop": {Packets: 5, Bytes: 500}}},
 		},
 		Attachments: []loader.Attachment{
-			{Interface: "eth0", Ifindex: 2, Hook: "xdp", Mode: "native", ProgramID: 40},
-			{Interface: "eth0", Ifindex: 2, Hook: "tc", Mode: "tcx", ProgramID: 41},
-			{Interface: "veth1", Ifindex: 9, Hook: "xdp", Mode: "generic", ProgramID: 42},
+			{Interface: "eth0", Ifindex: 2, Netns: 4026531840, Here: true, Hook: "xdp", Mode: "native", ProgramID: 40},
+			{Interface: "eth0", Ifindex: 2, Netns: 4026531840, Here: true, Hook: "tc", Mode: "tcx", ProgramID: 41},
+			{Interface: "veth1", Ifindex: 9, Netns: 4026531840, Here: true, Hook: "xdp", Mode: "generic", ProgramID: 42},
+			// The same name in a container's namespace.
+			{Interface: "eth0", Ifindex: 2, Netns: 4026532301, Hook: "xdp", Mode: "generic", ProgramID: 43},
 		},
 		Config: loader.Config{Mode: loader.ModeMonitor, FragPolicy: loader.FragStrict, Ports: []uint16{53, 11211}},
 		Allow:  AllowCounts{IPv4: 3, IPv6: 1},
@@ -73,9 +75,10 @@ func TestCollectorSeries(t *testing.T) {
 	want := counterText(PacketsTotal, func(c loader.Counter) uint64 { return c.Packets }, snap) +
 		counterText(BytesTotal, func(c loader.Counter) uint64 { return c.Bytes }, snap) + `
 # TYPE xdpguard_attached gauge
-xdpguard_attached{hook="tc",interface="eth0",mode="tcx"} 1
-xdpguard_attached{hook="xdp",interface="eth0",mode="native"} 1
-xdpguard_attached{hook="xdp",interface="veth1",mode="generic"} 1
+xdpguard_attached{hook="tc",interface="eth0",mode="tcx",netns="4026531840"} 1
+xdpguard_attached{hook="xdp",interface="eth0",mode="native",netns="4026531840"} 1
+xdpguard_attached{hook="xdp",interface="eth0",mode="generic",netns="4026532301"} 1
+xdpguard_attached{hook="xdp",interface="veth1",mode="generic",netns="4026531840"} 1
 # TYPE xdpguard_config_info gauge
 xdpguard_config_info{fragments="strict",mode="monitor"} 1
 # TYPE xdpguard_protected_port gauge
@@ -210,8 +213,8 @@ func TestCollectorRetriesOnce(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(NewCollector(src))
 	n, err := testutil.GatherAndCount(reg, Attached)
-	if err != nil || n != 3 {
-		t.Errorf("scrape after one failed read: %d attachments, %v; want 3, no error", n, err)
+	if err != nil || n != 4 {
+		t.Errorf("scrape after one failed read: %d attachments, %v; want 4, no error", n, err)
 	}
 	if reads.Load() != 2 {
 		t.Errorf("%d reads, want 2", reads.Load())

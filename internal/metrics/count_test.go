@@ -114,7 +114,7 @@ func BenchmarkScrapeFullFragTable(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {
-		if err := g.DetachAll(); err != nil {
+		if _, err := g.DetachAll(); err != nil {
 			b.Error(err)
 		}
 		g.Close()

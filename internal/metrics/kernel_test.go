@@ -62,7 +62,8 @@ func newRig(t *testing.T) *rig {
 				return err
 			}
 			defer g.Close()
-			return g.DetachAll()
+			_, err = g.DetachAll()
+			return err
 		})
 		if err != nil {
 			t.Errorf("clean up %s: %v", r.pin, err)
@@ -137,10 +138,15 @@ func frame(t *testing.T, p testpkt.Packet) []byte {
 func (r *rig) attack(t *testing.T) map[string]map[string]uint64 {
 	t.Helper()
 	r.do(t, func(g *loader.Guard) error {
-		if err := g.Maps.AllowAdd([]netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("2001:db8::/48")}); err != nil {
-			return err
-		}
-		return g.Maps.UpdateConfig(func(c *loader.Config) error { c.Ports = []uint16{53, 11211}; return nil })
+		// Through Apply, as the CLI and the agent change it: Apply keeps
+		// the allow-list counts the collector reads.
+		cfg := loader.DefaultConfig()
+		cfg.Ports = []uint16{53, 11211}
+		_, err := g.Apply(loader.DesiredState{
+			Config: cfg,
+			Allow:  []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("2001:db8::/48")},
+		}, loader.ApplyOptions{Scope: loader.ApplyScope{Config: true, Allow: true}})
+		return err
 	})
 	request := frame(t, testpkt.MemcachedRequest(attacker, hostAddr, 40000, testpkt.Stats))
 	allowed := frame(t, testpkt.MemcachedRequest(trusted, hostAddr, 40000, testpkt.Stats))
@@ -220,9 +226,11 @@ func TestGuardSourceReadsKernel(t *testing.T) {
 	if len(st) != 2 {
 		t.Fatalf("stats has %d rows, want xdp and tc", len(st))
 	}
-	exp.WriteString(`xdpguard_attached{hook="tc",interface="xm1",mode="tcx"} 1
-xdpguard_attached{hook="xdp",interface="xm1",mode="native"} 1
-xdpguard_config_info{fragments="track",mode="enforce"} 1
+	netns := r.netns(t, r.host)
+	fmt.Fprintf(&exp, `xdpguard_attached{hook="tc",interface="xm1",mode="tcx",netns="%d"} 1
+xdpguard_attached{hook="xdp",interface="xm1",mode="native",netns="%d"} 1
+`, netns, netns)
+	exp.WriteString(`xdpguard_config_info{fragments="track",mode="enforce"} 1
 xdpguard_protected_port{port="53"} 1
 xdpguard_protected_port{port="11211"} 1
 xdpguard_allow_prefixes{family="ipv4"} 1
@@ -237,6 +245,74 @@ xdpguard_map_max_entries{map="frags"} 65536
 	got := exposition(t, NewCollector(r.source()))
 	if err := compareSamples(got, exp.String()); err != nil {
 		t.Error(err)
+	}
+}
+
+// netns is the inode of ns, as the loader records it.
+func (r *rig) netns(t *testing.T, ns *nstest.NS) uint64 {
+	t.Helper()
+	var ino uint64
+	if err := ns.Do(func() (err error) { ino, err = loader.CurrentNetns(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	return ino
+}
+
+// TestSameNameInTwoNamespaces: xm1 attached in two namespaces under one pin
+// path gives two sets of xdpguard_attached series told apart by netns, and
+// the scrape does not fail on duplicate series.
+func TestSameNameInTwoNamespaces(t *testing.T) {
+	r := newRig(t)
+	other, otherPeer := nstest.New(t, "xmo"), nstest.New(t, "xmq")
+	nstest.Veth(t, otherPeer, peerIf, other, hostIf, 0)
+	err := other.Do(func() error {
+		g, err := loader.Open(r.pin, false)
+		if err != nil {
+			return err
+		}
+		defer g.Close()
+		// The same mode as in the rig's namespace: only netns tells
+		// the two series apart.
+		if _, err := g.Attach(hostIf, loader.AttachOptions{Mode: loader.XDPNative}); err != nil {
+			return err
+		}
+		t.Cleanup(func() {
+			err := other.Do(func() error {
+				g, err := loader.Open(r.pin, false)
+				if err != nil {
+					return err
+				}
+				defer g.Close()
+				_, err = g.Detach(hostIf)
+				return err
+			})
+			if err != nil {
+				t.Errorf("detach %s in %s: %v", hostIf, other.Name(), err)
+			}
+		})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(r.source()))
+	var b strings.Builder
+	if err := WriteText(&b, reg); err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	here, there := r.netns(t, r.host), r.netns(t, other)
+	for _, want := range []string{
+		fmt.Sprintf(`xdpguard_attached{hook="tc",interface="xm1",mode="tcx",netns="%d"} 1`, here),
+		fmt.Sprintf(`xdpguard_attached{hook="xdp",interface="xm1",mode="native",netns="%d"} 1`, here),
+		fmt.Sprintf(`xdpguard_attached{hook="xdp",interface="xm1",mode="native",netns="%d"} 1`, there),
+	} {
+		if !strings.Contains(b.String(), want+"\n") {
+			t.Errorf("missing %s in:\n%s", want, b.String())
+		}
+	}
+	if n := strings.Count(b.String(), "\nxdpguard_attached{"); n != 3 {
+		t.Errorf("%d xdpguard_attached series, want 3:\n%s", n, b.String())
 	}
 }
 

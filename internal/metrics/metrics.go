@@ -67,9 +67,10 @@ func NewCollector(src Source) *Collector {
 				`at hook="tc" the skb's length (all of a GSO skb's payload).`,
 			counted, nil),
 		attached: prometheus.NewDesc(Attached,
-			`1 for each program xdpguard has attached: hook="xdp" (mode native or generic) or hook="tc" (mode tcx or legacy cls_bpf). `+
-				`mode is empty when the interface is gone.`,
-			[]string{"interface", "hook", "mode"}, nil),
+			`1 for each program xdpguard has attached, in every network namespace: hook="xdp" (mode native or generic) `+
+				`or hook="tc" (mode tcx or legacy cls_bpf); mode is empty when the interface is gone. `+
+				`netns is the namespace's inode (as lsns -t net shows it; 0: pinned by an older release, not yet upgraded).`,
+			[]string{"interface", "hook", "mode", "netns"}, nil),
 		configInfo: prometheus.NewDesc(ConfigInfo,
 			"1, labelled with the live config every attached program reads: mode (enforce drops; monitor counts would_drop and passes) "+
 				"and fragments (track passes a later fragment whose first was never seen; strict drops it).",
@@ -130,7 +131,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	for _, a := range snap.Attachments {
-		gauge(c.attached, 1, a.Interface, a.Hook, a.Mode)
+		// The same name can be attached in two namespaces: netns keeps
+		// their series apart.
+		gauge(c.attached, 1, a.Interface, a.Hook, a.Mode, strconv.FormatUint(a.Netns, 10))
 	}
 	gauge(c.configInfo, 1, snap.Config.Mode.String(), snap.Config.FragPolicy.String())
 	for _, p := range snap.Config.Ports {

@@ -75,7 +75,7 @@ func TestServerEndpoints(t *testing.T) {
 		t.Errorf("/readyz when ready: %d %q", code, body)
 	}
 	code, body = get(t, base+"/metrics")
-	if code != http.StatusOK || !strings.Contains(body, `xdpguard_attached{hook="xdp",interface="veth1",mode="generic"} 1`) ||
+	if code != http.StatusOK || !strings.Contains(body, `xdpguard_attached{hook="xdp",interface="veth1",mode="generic",netns="4026531840"} 1`) ||
 		!strings.Contains(body, "go_goroutines") || !strings.Contains(body, "xdpguard_reconcile_total 0") {
 		t.Errorf("/metrics: %d\n%s", code, body)
 	}
