@@ -59,7 +59,7 @@ type GuardSource struct {
 
 // FragCountCacheFor is how long the agent reuses a count of the fragment
 // table. Counting walks the whole table (CountEntries): with the table full
-// (65,536 entries) a whole scrape took 22 to 44 ms against 2 to 3 ms with it
+// (65,536 entries) a whole scrape took 22 to 57 ms against 2 to 5 ms with it
 // empty (BenchmarkScrapeFullFragTable, 2-core VM shared with other test
 // runs), and the walk takes the table's bucket locks, which the XDP program
 // needs to insert during a fragment flood. Cached, any number of scrapers
