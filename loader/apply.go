@@ -127,6 +127,9 @@ func (g *Guard) Apply(want DesiredState, opts ApplyOptions) (changes []Change, e
 	if g.lock == nil {
 		return nil, fmt.Errorf("apply: %w: use Open", ErrReadOnly)
 	}
+	if g.removed {
+		return nil, fmt.Errorf("apply: %s: %w: the state was removed (the last interface detached, or a first Apply failed): Open it again", g.pinPath, ErrNotSetUp)
+	}
 	r := &applyRun{g: g, opts: opts}
 	if r.opts.Warn == nil {
 		r.opts.Warn = func(string) {}
@@ -219,6 +222,7 @@ func (g *Guard) Apply(want DesiredState, opts ApplyOptions) (changes []Change, e
 	if err := r.t.fail("end"); err != nil {
 		return nil, err
 	}
+	g.created = false // the state now holds what was asked: it stays
 	switch {
 	case plan == nil:
 	case plan.set != nil:

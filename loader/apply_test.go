@@ -363,3 +363,22 @@ func TestAllowCountsKeptExact(t *testing.T) {
 		return err
 	})
 }
+
+// TestApplyAfterStateRemoved: once the last detach removed the shared
+// state, the Guard that did it refuses further changes instead of attaching
+// programs to maps that are pinned nowhere.
+func TestApplyAfterStateRemoved(t *testing.T) {
+	r := newRig(t)
+	r.attach(t, AttachOptions{})
+	r.do(t, func(g *Guard) error {
+		if _, err := g.DetachAll(); err != nil {
+			return err
+		}
+		_, err := g.Apply(DesiredState{Interfaces: []InterfaceSpec{{Name: rigHostIf}}}, ApplyOptions{Scope: ApplyScope{Interfaces: true}})
+		if !errors.Is(err, ErrNotSetUp) {
+			return fmt.Errorf("Apply after the state was removed: %v, want ErrNotSetUp", err)
+		}
+		return nil
+	})
+	r.requireNothingLeft(t, "after an Apply refused on removed state")
+}
