@@ -245,7 +245,8 @@ func TestOneBadInterfaceDoesNotBlockOthers(t *testing.T) {
 	}
 	foreign := h.kernelXDP(t, "xf1")
 
-	cfg := h.writeConfig(t, "interfaces:\n  include: [\"xf*\"]\n")
+	const metrics = "metrics:\n  listen: \"127.0.0.1:9477\"\n"
+	cfg := h.writeConfig(t, metrics+"interfaces:\n  include: [\"xf*\"]\n")
 	a := h.startAgent(t, cfg)
 	st := h.status(t)
 	if !st.has("xf0", "xdp") || !st.has("xf2", "xdp") {
@@ -260,9 +261,12 @@ func TestOneBadInterfaceDoesNotBlockOthers(t *testing.T) {
 	if a.log.count(`"msg":"interface unprotected"`, `"interface":"xf1"`, "another XDP program") != 1 {
 		t.Errorf("xf1's failure not logged once with its reason")
 	}
+	if code, body, err := get(h.ns, "http://127.0.0.1:9477/readyz"); code != 503 || !strings.Contains(body, "unprotected: xf1") {
+		t.Errorf("/readyz with xf1 unprotected: %d %q %v; want 503 naming xf1", code, body, err)
+	}
 
 	// force: true, and the file watch applies it.
-	h.writeConfig(t, "interfaces:\n  include: [\"xf*\"]\n  force: true\n")
+	h.writeConfig(t, metrics+"interfaces:\n  include: [\"xf*\"]\n  force: true\n")
 	nstest.Eventually(t, 10*time.Second, "xf1 taken over", func() (bool, error) {
 		got := h.kernelXDP(t, "xf1")
 		return got != 0 && got != foreign, nil
@@ -270,5 +274,8 @@ func TestOneBadInterfaceDoesNotBlockOthers(t *testing.T) {
 	h.waitFor(t, 5*time.Second, "xf1 in this agent's status", func(st status) bool { return st.has("xf1", "xdp") })
 	if a.log.count("interface protected again", `"interface":"xf1"`) != 1 {
 		t.Errorf("no log line saying xf1 is protected again")
+	}
+	if code, body, err := get(h.ns, "http://127.0.0.1:9477/readyz"); code != 200 {
+		t.Errorf("/readyz with every interface protected: %d %q %v", code, body, err)
 	}
 }
