@@ -95,6 +95,7 @@ type Agent struct {
 	absentLogged map[string]bool
 	retry        time.Duration
 	configErr    string // the last config load's error, logged once
+	lastApplyErr string // the last whole Apply's error, logged once
 
 	mu     sync.Mutex
 	status Status
@@ -234,7 +235,7 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	go func() { defer close(linksDone); links.run(linkCtx) }()
 	defer func() { stopLinks(); <-linksDone }()
 
-	if err := a.reconcile(true, "agent start"); err != nil && errors.Is(err, errFatal) {
+	if err := a.reconcile(true, "agent start"); errors.Is(err, errFatal) {
 		return err
 	}
 	a.notify(sdnotify.Ready + "\n" + a.statusLine())
@@ -260,6 +261,20 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 			timer.Reset(d)
 		}
 	}
+	// armRetry retries, backing off, while an interface is unprotected or
+	// the last reconcile failed.
+	armRetry := func() {
+		if st := a.Status(); len(st.Unprotected) == 0 && a.clean {
+			a.retry = 0
+			return
+		}
+		if !retryWant {
+			a.retry = min(max(a.retry*2, retryMin), retryMax)
+			retryT.Reset(a.retry)
+			retryWant = true
+		}
+	}
+	armRetry()
 	for {
 		select {
 		case <-ctx.Done():
@@ -299,16 +314,7 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 				a.reconcile(got.full, why)
 			}
 		}
-		// Retry while an interface is unprotected, backing off.
-		if st := a.Status(); len(st.Unprotected) > 0 || !a.clean {
-			if !retryWant {
-				a.retry = min(max(a.retry*2, retryMin), retryMax)
-				retryT.Reset(a.retry)
-				retryWant = true
-			}
-		} else {
-			a.retry = 0
-		}
+		armRetry()
 	}
 }
 
@@ -319,11 +325,10 @@ func (a *Agent) watchFiles() {
 	}
 }
 
-// reloadConfig reads the config again. A file that does not validate is
-// logged (once for the same error) and changes nothing. A valid one that
-// differs from the one in force, or any valid one when force is set
-// (SIGHUP), is applied.
-// It reports whether it reconciled.
+// reloadConfig reads the config again. A file that does not validate
+// changes nothing and is logged (once for the same error, unless force). A
+// valid one that differs from the one in force, or any valid one when force
+// is set (SIGHUP), is applied. It reports whether it reconciled.
 func (a *Agent) reloadConfig(why string, force bool) bool {
 	cfg, err := config.Load(a.opts.ConfigPath)
 	if err == nil && cfg.PinPath != a.cfg.PinPath {

@@ -118,7 +118,10 @@ func (a *Agent) reconcile(full bool, why string) error {
 	changes, err := g.Apply(want, a.applyOptions(scope))
 	failed := map[string]error{}
 	if err != nil {
-		a.log.Warn("applying all interfaces at once failed, and changed nothing; applying them one by one", "why", why, "error", err)
+		if msg := err.Error(); msg != a.lastApplyErr {
+			a.log.Warn("applying all interfaces at once failed, and changed nothing; applying them one by one", "why", why, "error", msg)
+			a.lastApplyErr = msg
+		}
 		// A failed first Apply takes back the shared state its Guard
 		// created (the pinned maps): open it afresh for the next ones.
 		g.Close()
@@ -126,6 +129,8 @@ func (a *Agent) reconcile(full bool, why string) error {
 			return a.reconciled(why, fmt.Errorf("%w: %w", errFatal, err))
 		}
 		changes, failed, err = a.applyEach(g, want, scope)
+	} else {
+		a.lastApplyErr = ""
 	}
 	for _, c := range changes {
 		a.logChange(c, why, p)
@@ -201,16 +206,23 @@ func (a *Agent) reconcile(full bool, why string) error {
 }
 
 // reconciled records the end of a reconcile for the status and observer.
+// A reconcile that left some interfaces unprotected did its work (each such
+// interface is logged, and counted by SetInterfaces); one that failed
+// changed nothing, and is an error.
 func (a *Agent) reconciled(why string, err error) error {
+	failed := err
+	if errors.Is(err, errUnprotected) {
+		failed = nil
+	}
 	if err != nil {
 		a.clean = false
-		if !errors.Is(err, errUnprotected) {
-			a.log.Error("reconcile failed; the previous state stays in force", "why", why, "error", err)
-		}
+	}
+	if failed != nil {
+		a.log.Error("reconcile failed; the previous state stays in force", "why", why, "error", err)
 	}
 	a.updateStatus(func(s *Status) {
 		s.Reconciles++
-		if err != nil {
+		if failed != nil {
 			s.Errors++
 		}
 		s.Last = time.Now()
@@ -222,7 +234,7 @@ func (a *Agent) reconciled(why string, err error) error {
 			}
 		}
 	})
-	a.obs.Reconciled(why, err)
+	a.obs.Reconciled(why, failed)
 	return err
 }
 
