@@ -118,3 +118,32 @@ func TestCheckConfigTouchesNothing(t *testing.T) {
 		t.Errorf("--check-config made %s (%v)", h.pin, err)
 	}
 }
+
+// TestResyncRepairs: what the agent cannot hear about (interfaces detached
+// by hand, which raises no link event, and with them the shared state) is put
+// right by the periodic resync.
+func TestResyncRepairs(t *testing.T) {
+	t.Parallel()
+	h := newHost(t)
+	h.veth(t, "xr0")
+	h.veth(t, "xr1")
+	cfg := h.writeConfig(t, "interfaces:\n  include: [\"xr*\"]\nports: [11211, 53]\nresync_interval: 1s\n")
+	a := h.startAgent(t, cfg)
+	for _, n := range []string{"xr0", "xr1"} {
+		if out, err := h.ns.Run(xdpguardBin, "--pin-path", h.pin, "detach", n); err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+	}
+	if h.kernelXDP(t, "xr0") != 0 {
+		t.Fatal("detach by hand left xr0 protected: the test would prove nothing")
+	}
+	st := h.waitFor(t, 5*time.Second, "the resync to protect xr0 and xr1 again", func(st status) bool {
+		return st.has("xr0", "xdp") && st.has("xr1", "xdp")
+	})
+	if !reflect.DeepEqual(st.Config.Ports, []uint16{53, 11211}) {
+		t.Errorf("after the state was removed and made again, ports %v, want the config's 53,11211", st.Config.Ports)
+	}
+	if a.log.count(`"what":"attached"`, `"interface":"xr0"`, `"trigger":"periodic resync"`) != 1 {
+		t.Errorf("no log line saying the periodic resync attached xr0 again")
+	}
+}
