@@ -143,7 +143,6 @@ func TestRunsWithUnitCapabilities(t *testing.T) {
 // (ExecStart following PREFIX) and the example config and allow list in
 // place, and a second install keeps the operator's config.
 func TestMakeInstall(t *testing.T) {
-	nstest.RequireRoot(t)
 	t.Parallel()
 	dest := t.TempDir()
 	install := func(prefix string) {
