@@ -91,11 +91,12 @@ type Agent struct {
 	// failedLogged remembers each interface's last logged failure, so a
 	// retry that fails the same way does not log it again.
 	failedLogged map[string]string
-	// absentLogged holds the literal include names logged as absent.
-	absentLogged map[string]bool
-	retry        time.Duration
-	configErr    string // the last config load's error, logged once
-	lastApplyErr string // the last whole Apply's error, logged once
+	// absentLogged holds the literal include names logged as absent,
+	// nonEtherLogged the matching interfaces logged as not Ethernet.
+	absentLogged, nonEtherLogged map[string]bool
+	retry                        time.Duration
+	configErr                    string // the last config load's error, logged once
+	lastApplyErr                 string // the last whole Apply's error, logged once
 
 	mu     sync.Mutex
 	status Status
@@ -140,7 +141,7 @@ func New(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{opts: opts, log: opts.Log, obs: opts.Observer, cfg: cfg, failedLogged: map[string]string{}, absentLogged: map[string]bool{}}
+	a := &Agent{opts: opts, log: opts.Log, obs: opts.Observer, cfg: cfg, failedLogged: map[string]string{}, absentLogged: map[string]bool{}, nonEtherLogged: map[string]bool{}}
 	if a.obs == nil {
 		a.obs = nopObserver{}
 	}

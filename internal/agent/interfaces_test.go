@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/xdpguard/xdpguard/internal/nstest"
 )
 
@@ -25,6 +27,17 @@ func TestMatchingInterfacesProtected(t *testing.T) {
 	for _, n := range []string{"xm0", "xm1", "xm9", "oth0"} {
 		h.veth(t, n)
 	}
+	// A tun device (no Ethernet header) that matches xm*.
+	err := h.ns.Do(func() error {
+		tun := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "xmt0"}, Mode: netlink.TUNTAP_MODE_TUN, Flags: netlink.TUNTAP_DEFAULTS}
+		if err := netlink.LinkAdd(tun); err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(tun)
+	})
+	if err != nil {
+		t.Fatalf("tun device: %v", err)
+	}
 	cfg := h.writeConfig(t, "interfaces:\n  include: [\"xm*\", \"l*\", xlit0]\n  exclude: [xm9]\n  egress: true\n")
 	a := h.startAgent(t, cfg)
 	if n := a.log.count("does not exist", `"interface":"xlit0"`); n != 1 {
@@ -40,10 +53,13 @@ func TestMatchingInterfacesProtected(t *testing.T) {
 			t.Errorf("%s: kernel runs XDP program %d, status says %d", n, h.kernelXDP(t, n), st.xdp()[n])
 		}
 	}
-	for _, n := range []string{"xm9", "oth0", "lo"} {
+	for _, n := range []string{"xm9", "oth0", "lo", "xmt0"} {
 		if st.has(n, "xdp") || h.kernelXDP(t, n) != 0 {
-			t.Errorf("%s must not be protected (excluded, no match, loopback): %+v", n, st.Attachments)
+			t.Errorf("%s must not be protected (excluded, no match, loopback, not Ethernet): %+v", n, st.Attachments)
 		}
+	}
+	if n := a.log.count("not an Ethernet device", `"interface":"xmt0"`, `"encap":"none"`); n != 1 {
+		t.Errorf("the tun device xmt0 logged %d times as not Ethernet, want once", n)
 	}
 	if n := a.log.count(`"what":"attached"`, `"interface":"xm0"`, `interface xm0 matches xm*`); n != 1 {
 		t.Errorf("want one log line saying xm0 was attached because it matches xm*, got %d", n)

@@ -52,6 +52,18 @@ func (a *Agent) makePlan() (*plan, error) {
 		default:
 			p.why[name] = fmt.Sprintf("interface %s %s", name, why)
 		}
+		if ok && l.Attrs().EncapType != "ether" {
+			// The programs parse Ethernet frames; on a device without
+			// them (tun, wireguard, ipip) every field would be read
+			// at the wrong offset.
+			if !a.nonEtherLogged[name] {
+				a.log.Warn("interface matches but is not an Ethernet device: not protected", "interface", name,
+					"encap", l.Attrs().EncapType, "why", p.why[name])
+				a.nonEtherLogged[name] = true
+			}
+			continue
+		}
+		delete(a.nonEtherLogged, name)
 		if ok {
 			p.specs = append(p.specs, loader.InterfaceSpec{
 				Name: name, Mode: in.XDPMode, Egress: in.Egress, TCBackend: in.TCBackend,
