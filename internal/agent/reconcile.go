@@ -52,7 +52,7 @@ func (a *Agent) makePlan() (*plan, error) {
 		default:
 			p.why[name] = fmt.Sprintf("interface %s %s", name, why)
 		}
-		if ok && l.Attrs().EncapType != "ether" {
+		if ok && !ethernet(l) {
 			// The programs parse Ethernet frames; on a device without
 			// them (tun, wireguard, ipip) every field would be read
 			// at the wrong offset.
@@ -97,6 +97,17 @@ func (a *Agent) noteAbsent(links map[int]string) {
 			a.absentLogged[pat] = true
 		}
 	}
+}
+
+// ethernet reports whether l's frames carry an Ethernet header, as the
+// programs expect: Ethernet devices, and loopback (which frames its packets
+// with an all-zero Ethernet header).
+func ethernet(l netlink.Link) bool {
+	switch l.Attrs().EncapType {
+	case "ether", "loopback":
+		return true
+	}
+	return false
 }
 
 // gone is how the loader names an interface that no longer exists.
