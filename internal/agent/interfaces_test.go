@@ -295,3 +295,21 @@ func TestOneBadInterfaceDoesNotBlockOthers(t *testing.T) {
 		t.Errorf("/readyz with every interface protected: %d %q %v", code, body, err)
 	}
 }
+
+// TestLoopbackOnlyWhenNamed: "*" protects every Ethernet interface but not
+// loopback; naming "lo" protects it too.
+func TestLoopbackOnlyWhenNamed(t *testing.T) {
+	t.Parallel()
+	h := newHost(t)
+	h.veth(t, "xq0")
+	cfg := h.writeConfig(t, "interfaces:\n  include: [\"*\"]\n")
+	h.startAgent(t, cfg)
+	if st := h.status(t); !st.has("xq0", "xdp") || st.has("lo", "xdp") || h.kernelXDP(t, "lo") != 0 {
+		t.Fatalf(`include "*": want xq0 protected and lo not: %+v`, st.Attachments)
+	}
+	h.writeConfig(t, "interfaces:\n  include: [\"*\", lo]\n")
+	h.waitFor(t, 5*time.Second, "lo protected once named", func(st status) bool { return st.has("lo", "xdp") && st.has("xq0", "xdp") })
+	if h.kernelXDP(t, "lo") == 0 {
+		t.Fatal("status says lo is protected, the kernel shows no XDP program on it")
+	}
+}
