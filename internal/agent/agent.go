@@ -81,6 +81,9 @@ type Agent struct {
 
 	cfg *config.Config // the config in force
 	fw  *filewatch.Watcher
+	// stopping reports whether the agent has been told to stop: a long
+	// reconcile ends early between batches.
+	stopping func() bool
 	// links is ifindex -> name as the last reconcile saw them, to say in
 	// the log why an interface changed (appeared, renamed, gone).
 	links map[int]string
@@ -141,7 +144,11 @@ func New(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{opts: opts, log: opts.Log, obs: opts.Observer, cfg: cfg, failedLogged: map[string]string{}, absentLogged: map[string]bool{}, nonEtherLogged: map[string]bool{}}
+	a := &Agent{
+		opts: opts, log: opts.Log, obs: opts.Observer, cfg: cfg,
+		stopping:     func() bool { return false },
+		failedLogged: map[string]string{}, absentLogged: map[string]bool{}, nonEtherLogged: map[string]bool{},
+	}
 	if a.obs == nil {
 		a.obs = nopObserver{}
 	}
@@ -229,6 +236,7 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	defer fw.Close()
 	a.fw = fw
 	a.watchFiles()
+	a.stopping = func() bool { return ctx.Err() != nil }
 
 	links := newLinkWatcher(a.log, a.opts.NetlinkBuffer)
 	linkCtx, stopLinks := context.WithCancel(ctx)

@@ -138,7 +138,15 @@ func (a *Agent) reconcile(full bool, why string) error {
 	want := loader.DesiredState{Interfaces: p.specs, Config: a.cfg.LoaderConfig(), Allow: a.cfg.Allow.All}
 	scope := loader.ApplyScope{Interfaces: true, PruneInterfaces: true, Config: full, Allow: full}
 	start := time.Now()
-	changes, err := g.Apply(want, a.applyOptions(scope))
+	// Many new interfaces at once (a burst of containers' veths) are
+	// attached in batches after the rest, each batch its own transaction:
+	// a failure takes back one batch, not hundreds of attaches, and the
+	// agent can stop between batches.
+	first, later := want, [][]loader.InterfaceSpec(nil)
+	if before, err := g.AttachedHere(); err == nil {
+		first.Interfaces, later = splitNew(p.specs, before)
+	}
+	changes, err := g.Apply(first, a.applyOptions(scope))
 	failed := map[string]error{}
 	if err != nil {
 		if msg := err.Error(); msg != a.lastApplyErr {
@@ -152,8 +160,27 @@ func (a *Agent) reconcile(full bool, why string) error {
 			return a.reconciled(why, fmt.Errorf("%w: %w", errFatal, err))
 		}
 		changes, failed, err = a.applyEach(g, want, scope)
+		later = nil
 	} else {
 		a.lastApplyErr = ""
+	}
+	for _, batch := range later {
+		if a.stopping() {
+			break
+		}
+		cs, berr := g.Apply(loader.DesiredState{Interfaces: batch}, a.applyOptions(loader.ApplyScope{Interfaces: true}))
+		if berr == nil {
+			changes = append(changes, cs...)
+			continue
+		}
+		a.log.Warn("attaching a batch of new interfaces failed, and changed nothing; attaching them one by one", "why", why, "error", berr)
+		for _, s := range batch {
+			cs, ferr := a.applyOne(g, s)
+			changes = append(changes, cs...)
+			if ferr != nil && !errors.Is(ferr, errGone) {
+				failed[s.Name] = ferr
+			}
+		}
 	}
 	for _, c := range changes {
 		a.logChange(c, why, p)
@@ -291,15 +318,13 @@ func (a *Agent) applyEach(g *loader.Guard, want loader.DesiredState, scope loade
 	}
 	var keep []loader.InterfaceSpec
 	for _, s := range want.Interfaces {
-		cs, err := g.Apply(loader.DesiredState{Interfaces: []loader.InterfaceSpec{s}}, a.applyOptions(loader.ApplyScope{Interfaces: true}))
+		cs, err := a.applyOne(g, s)
+		changes = append(changes, cs...)
 		if err == nil {
-			changes = append(changes, cs...)
 			keep = append(keep, s)
 			continue
 		}
-		if _, lerr := netlink.LinkByName(s.Name); lerr != nil {
-			// Gone since it was listed: the link event that says so
-			// brings the next reconcile.
+		if errors.Is(err, errGone) {
 			continue
 		}
 		failed[s.Name] = err
@@ -316,6 +341,54 @@ func (a *Agent) applyEach(g *loader.Guard, want loader.DesiredState, scope loade
 		changes = append(changes, cs...)
 	}
 	return changes, failed, nil
+}
+
+// applyOne attaches (or keeps, or upgrades) one interface on its own. An
+// interface gone since it was listed is no failure: the link event that
+// says so brings the next reconcile.
+func (a *Agent) applyOne(g *loader.Guard, s loader.InterfaceSpec) ([]loader.Change, error) {
+	cs, err := g.Apply(loader.DesiredState{Interfaces: []loader.InterfaceSpec{s}}, a.applyOptions(loader.ApplyScope{Interfaces: true}))
+	if err == nil {
+		return cs, nil
+	}
+	if _, lerr := netlink.LinkByName(s.Name); lerr != nil {
+		return nil, errGone
+	}
+	return nil, err
+}
+
+// errGone marks an interface deleted while it was being applied.
+var errGone = errors.New("interface gone")
+
+// newBatch is how many new interfaces one transaction attaches when more
+// than that come at once (about 0.2 s each on a small machine).
+const newBatch = 16
+
+// splitNew splits the wanted interfaces into those to apply first (all of
+// them, when few are new) and batches of new ones.
+func splitNew(specs, attached []loader.InterfaceSpec) ([]loader.InterfaceSpec, [][]loader.InterfaceSpec) {
+	have := map[string]bool{}
+	for _, s := range attached {
+		have[s.Name] = true
+	}
+	var old, fresh []loader.InterfaceSpec
+	for _, s := range specs {
+		if have[s.Name] {
+			old = append(old, s)
+		} else {
+			fresh = append(fresh, s)
+		}
+	}
+	if len(fresh) <= newBatch {
+		return specs, nil
+	}
+	var batches [][]loader.InterfaceSpec
+	for len(fresh) > 0 {
+		n := min(newBatch, len(fresh))
+		batches = append(batches, fresh[:n:n])
+		fresh = fresh[n:]
+	}
+	return old, batches
 }
 
 // logChange logs one change the loader made: what, where, and why.
