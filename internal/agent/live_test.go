@@ -147,3 +147,44 @@ func TestResyncRepairs(t *testing.T) {
 		t.Errorf("no log line saying the periodic resync attached xr0 again")
 	}
 }
+
+// TestConfigMapSymlinkSwap: a config mounted as Kubernetes mounts a
+// ConfigMap (xdpguard.yaml -> ..data/xdpguard.yaml, ..data -> a timestamped
+// directory, swapped by renaming a new ..data over it) is applied when the
+// swap happens, though no event names xdpguard.yaml.
+func TestConfigMapSymlinkSwap(t *testing.T) {
+	t.Parallel()
+	h := newHost(t)
+	h.veth(t, "xk0")
+	version := func(name, ports string) {
+		t.Helper()
+		d := filepath.Join(h.dir, name)
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		body := "pin_path: " + h.pin + "\nmetrics:\n  listen: \"\"\ninterfaces:\n  include: [xk0]\nports: " + ports + "\n"
+		if err := os.WriteFile(filepath.Join(d, "xdpguard.yaml"), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		tmp := filepath.Join(h.dir, "..data_tmp")
+		if err := os.Symlink(name, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(h.dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version("..2026_11_28_01", "[11211]")
+	cfg := filepath.Join(h.dir, "xdpguard.yaml")
+	if err := os.Symlink("..data/xdpguard.yaml", cfg); err != nil {
+		t.Fatal(err)
+	}
+	h.startAgent(t, cfg)
+	if st := h.status(t); !st.has("xk0", "xdp") || !reflect.DeepEqual(st.Config.Ports, []uint16{11211}) {
+		t.Fatalf("start: %+v", st)
+	}
+	version("..2026_11_28_02", "[11211, 11311]")
+	h.waitFor(t, 5*time.Second, "the swapped-in ports", func(st status) bool {
+		return reflect.DeepEqual(st.Config.Ports, []uint16{11211, 11311})
+	})
+}
