@@ -89,6 +89,15 @@ func TestLiveConfig(t *testing.T) {
 	if a.log.count("config valid again") != 1 {
 		t.Errorf("no log line saying the config is valid again")
 	}
+
+	// A pin_path that moves: refused, the state stays where it is.
+	writeAtomic(t, cfg, "pin_path: /sys/fs/bpf/elsewhere\nmetrics:\n  listen: \"\"\n"+base+"ports: [53]\n")
+	nstest.Eventually(t, 5*time.Second, "the moved pin_path to be refused", func() (bool, error) {
+		return a.log.count("config rejected", "pin_path: changed from "+h.pin) == 1, nil
+	})
+	if _, err := os.Stat("/sys/fs/bpf/elsewhere"); !os.IsNotExist(err) {
+		t.Errorf("a refused pin_path was created (%v)", err)
+	}
 	for _, l := range a.log.all() {
 		if strings.Contains(l, `"level":"ERROR"`) && !strings.Contains(l, "config rejected") {
 			t.Errorf("unexpected error logged: %s", l)
