@@ -381,8 +381,15 @@ func (r *applyRun) reattach(l netlink.Link, dir string, opts AttachOptions) erro
 	r.t.closeAtEnd(dp)
 	upgrade := opts.Reload
 	if !current && !upgrade {
+		// Compared by loading: the XDP program, then the egress one
+		// (a change to the TC program alone is an upgrade too).
 		if upgrade, err = cur.programsChanged(dp); err != nil {
 			return err
+		}
+		if !upgrade {
+			if upgrade, err = cur.tcChanged(l, dp.TC); err != nil {
+				return err
+			}
 		}
 	}
 	if upgrade {
@@ -715,4 +722,97 @@ func (g *Guard) DetachAll() ([]Change, error) {
 		return nil, err
 	}
 	return changes, g.removeIfUnused()
+}
+
+// DetachEverywhere detaches every interface of every network namespace
+// under the pin path, and removes all state: for uninstalling. This
+// namespace's go first, as one Apply; then each other namespace's (and any
+// left in the layout before namespaces): their links are detached through
+// their descriptors, which works from any namespace, and a cls_bpf filter
+// is deleted in its namespace when that can be found. Unlike Apply it does
+// not roll back: a detach in another namespace cannot be undone from here.
+func (g *Guard) DetachEverywhere() ([]Change, error) {
+	changes, err := g.Apply(DesiredState{}, ApplyOptions{Scope: ApplyScope{PruneInterfaces: true}})
+	if err != nil {
+		return nil, err
+	}
+	here, err := CurrentNetns()
+	if err != nil {
+		return changes, err
+	}
+	es, err := g.allEntries()
+	if err != nil {
+		return changes, err
+	}
+	var errs []error
+	for _, e := range es {
+		name := fmt.Sprintf("ifindex %d in netns %d", e.ifindex, e.netns)
+		if e.netns == 0 {
+			name = fmt.Sprintf("ifindex %d (namespace unknown)", e.ifindex)
+		}
+		a, err := loadAttachment(e.dir, e.ifindex)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err), os.RemoveAll(e.dir))
+			continue
+		}
+		var l netlink.Link
+		var h *netlink.Handle
+		if a.legacy && e.netns != 0 {
+			nsl := openNsLinks(e.netns, here)
+			if nsl.h != nil {
+				h = nsl.h
+				l, _ = h.LinkByIndex(e.ifindex)
+			}
+			defer nsl.close()
+		}
+		if a.legacy && l == nil {
+			errs = append(errs, fmt.Errorf("%s: its cls_bpf egress filter (priority %#x) is left in place: its namespace cannot be entered from here; delete it there with tc filter del dev IFACE egress prio %d", name, legacyTCPriority, legacyTCPriority))
+		}
+		if a.legacy && l != nil {
+			if err := h.FilterDel(legacyFilter(e.ifindex, -1)); err != nil {
+				errs = append(errs, fmt.Errorf("%s: delete cls_bpf filter: %w", name, err))
+			}
+			if a.clsact {
+				if err := h.QdiscDel(clsact(l)); err != nil {
+					errs = append(errs, fmt.Errorf("%s: delete clsact qdisc: %w", name, err))
+				}
+			}
+			a.legacy = false
+		}
+		// Links detach through their descriptors from any namespace;
+		// errors of a link whose interface is gone mean nothing.
+		if err := a.detach(nil); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
+		a.close()
+		if err := os.RemoveAll(e.dir); err != nil {
+			errs = append(errs, err)
+		}
+		changes = append(changes, Change{Interface: name, What: "detached"})
+	}
+	errs = append(errs, g.removeIfUnused())
+	return changes, errors.Join(errs...)
+}
+
+// tcChanged reports whether the attached egress program differs from next,
+// a freshly loaded instance, by kernel tag; false without egress.
+func (a *attachment) tcChanged(l netlink.Link, next *ebpf.Program) (bool, error) {
+	xdp, tc, err := a.programs(l)
+	if err != nil {
+		return false, err
+	}
+	xdp.Close()
+	if tc == nil {
+		return false, nil
+	}
+	defer tc.Close()
+	cur, err := tc.Info()
+	if err != nil {
+		return false, fmt.Errorf("read attached TC program: %w", err)
+	}
+	want, err := next.Info()
+	if err != nil {
+		return false, fmt.Errorf("read loaded TC program: %w", err)
+	}
+	return cur.Tag != want.Tag, nil
 }

@@ -382,3 +382,98 @@ func TestApplyAfterStateRemoved(t *testing.T) {
 	})
 	r.requireNothingLeft(t, "after an Apply refused on removed state")
 }
+
+// TestDetachEverywhere: from one namespace, every namespace's attachments
+// go (a cls_bpf filter and the clsact qdisc made for it too, in their own
+// namespace), and so does the state.
+func TestDetachEverywhere(t *testing.T) {
+	a, b := newRig(t), newRig(t)
+	b.pin = a.pin
+	a.attach(t, AttachOptions{Egress: true})
+	b.attach(t, AttachOptions{Egress: true, TCBackend: TCLegacy})
+	a.do(t, func(g *Guard) error {
+		ch, err := g.DetachEverywhere()
+		if err == nil && len(ch) != 2 {
+			err = fmt.Errorf("changes %v, want two detaches", ch)
+		}
+		return err
+	})
+	a.requireNothingLeft(t, "A after detach --all-namespaces")
+	b.requireNothingLeft(t, "B after detach --all-namespaces")
+	qdiscs, err := b.host.Handle().QdiscList(b.hostLink(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range qdiscs {
+		if q.Type() == "clsact" {
+			t.Errorf("B's clsact qdisc, made by attach, is left")
+		}
+	}
+	// With the qdisc gone there is no filter list to read (an error);
+	// a filter of ours still listed is the failure.
+	if id, err := legacyProgramIDAt(b.host.Handle(), b.hostLink(t)); err == nil && id != 0 {
+		t.Errorf("B's cls_bpf filter (program %d) is left", id)
+	}
+}
+
+// TestUpgradeOfTheEgressProgramAlone: an attached interface whose egress
+// program differs from this binary's (an upgrade that changed only the TC
+// program) is upgraded, not left "unchanged".
+func TestUpgradeOfTheEgressProgramAlone(t *testing.T) {
+	r := newRig(t)
+	r.attach(t, AttachOptions{Egress: true})
+	other, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "xdpguard_tc", Type: ebpf.SchedCLS, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	otherInfo, _ := other.Info()
+	otherID, _ := otherInfo.ID()
+	tcProgOnLink := func() ebpf.ProgramID {
+		t.Helper()
+		var id ebpf.ProgramID
+		r.do(t, func(g *Guard) error {
+			ns, _ := CurrentNetns()
+			l, err := netlink.LinkByName(rigHostIf)
+			if err != nil {
+				return err
+			}
+			a, err := loadAttachment(g.ifaceDir(ns, l.Attrs().Index), l.Attrs().Index)
+			if err != nil {
+				return err
+			}
+			defer a.close()
+			info, err := a.tc.Info()
+			if err == nil {
+				id = info.Program
+			}
+			return err
+		})
+		return id
+	}
+	r.do(t, func(g *Guard) error {
+		ns, _ := CurrentNetns()
+		l, err := netlink.LinkByName(rigHostIf)
+		if err != nil {
+			return err
+		}
+		a, err := loadAttachment(g.ifaceDir(ns, l.Attrs().Index), l.Attrs().Index)
+		if err != nil {
+			return err
+		}
+		defer a.close()
+		return a.tc.Update(other)
+	})
+	if tcProgOnLink() != otherID {
+		t.Fatal("the test could not put another egress program in place")
+	}
+	if res := r.attach(t, AttachOptions{Egress: true}); res.Action != "replaced" {
+		t.Fatalf("attach over another egress program: %+v, want replaced", res)
+	}
+	if tcProgOnLink() == otherID {
+		t.Fatal("the other egress program is still attached")
+	}
+}

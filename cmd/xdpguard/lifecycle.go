@@ -119,7 +119,7 @@ func printChanges(c *cli, changes []loader.Change) {
 
 var detachCmd = &command{
 	name:    "detach",
-	args:    "IFACE... | --all",
+	args:    "IFACE... | --all | --all-namespaces",
 	summary: "remove xdpguard from interfaces",
 	help: `Removes everything attach made on each interface of this network namespace:
 links, programs, counters, and a clsact qdisc it added. Only this namespace's
@@ -128,14 +128,23 @@ another namespace is another interface, and keeps its protection. When no
 namespace has an interface left, the shared maps (config, allow lists,
 fragment table) and the pin directory go too.
 --all detaches every interface of this namespace, and also cleans up after
-interfaces that no longer exist.`,
+interfaces that no longer exist. --all-namespaces detaches every interface
+of every namespace and removes all state, to uninstall xdpguard; unlike the
+others it cannot be rolled back if it fails half-way.`,
 	example: `  sudo xdpguard detach eth0
-  sudo xdpguard detach --all`,
+  sudo xdpguard detach --all
+  sudo xdpguard detach --all-namespaces     # uninstall: every namespace`,
 	flags: func(fs *pflag.FlagSet) {
 		fs.Bool("all", false, "detach every interface of this network namespace")
+		fs.Bool("all-namespaces", false, "detach every interface of every network namespace and remove all state (uninstall)")
 	},
 	run: func(c *cli, fs *pflag.FlagSet, args []string) error {
 		all, _ := fs.GetBool("all")
+		everywhere, _ := fs.GetBool("all-namespaces")
+		if everywhere && (all || len(args) > 0) {
+			return usagef("--all-namespaces takes no interfaces and no --all")
+		}
+		all = all || everywhere
 		if all == (len(args) > 0) {
 			return usagef("name interfaces or give --all, not both or neither")
 		}
@@ -151,6 +160,15 @@ interfaces that no longer exist.`,
 			return err
 		}
 		defer g.Close()
+		if everywhere {
+			changes, err := g.DetachEverywhere()
+			printChanges(c, changes)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(c.stdout, "detached all in every network namespace; state removed")
+			return nil
+		}
 		if all {
 			changes, err := g.DetachAll()
 			if err != nil {
