@@ -138,31 +138,42 @@ func (a *Agent) reconcile(full bool, why string) error {
 	want := loader.DesiredState{Interfaces: p.specs, Config: a.cfg.LoaderConfig(), Allow: a.cfg.Allow.All}
 	scope := loader.ApplyScope{Interfaces: true, PruneInterfaces: true, Config: full, Allow: full}
 	start := time.Now()
-	// Many new interfaces at once (a burst of containers' veths) are
-	// attached in batches after the rest, each batch its own transaction:
-	// a failure takes back one batch, not hundreds of attaches, and the
-	// agent can stop between batches.
-	first, later := want, [][]loader.InterfaceSpec(nil)
-	if before, err := g.AttachedHere(); err == nil {
-		first.Interfaces, later = splitNew(p.specs, before)
-	}
-	changes, err := g.Apply(first, a.applyOptions(scope))
-	failed := map[string]error{}
-	if err != nil {
-		if msg := err.Error(); msg != a.lastApplyErr {
-			a.log.Warn("applying all interfaces at once failed, and changed nothing; applying them one by one", "why", why, "error", msg)
-			a.lastApplyErr = msg
-		}
-		// A failed first Apply takes back the shared state its Guard
-		// created (the pinned maps): open it afresh for the next ones.
-		g.Close()
-		if g, err = loader.Open(a.cfg.PinPath, true); err != nil {
-			return a.reconciled(why, fmt.Errorf("%w: %w", errFatal, err))
-		}
-		changes, failed, err = a.applyEach(g, want, scope)
-		later = nil
+	var (
+		changes []loader.Change
+		failed  = map[string]error{}
+		later   [][]loader.InterfaceSpec
+	)
+	if fresh, ok := a.onlyNew(full, p); ok {
+		// Interfaces only came: attach them and touch nothing else, so
+		// that a new interface is protected in the time its own attach
+		// takes, however many are protected already.
+		later = batches(fresh)
 	} else {
-		a.lastApplyErr = ""
+		// Many new interfaces at once (a burst of containers' veths) are
+		// attached in batches after the rest, each its own transaction:
+		// a failure takes back one batch, not hundreds of attaches, and
+		// the agent can stop between batches.
+		first := want
+		if before, err := g.AttachedHere(); err == nil {
+			first.Interfaces, later = splitNew(p.specs, before)
+		}
+		changes, err = g.Apply(first, a.applyOptions(scope))
+		if err != nil {
+			if msg := err.Error(); msg != a.lastApplyErr {
+				a.log.Warn("applying all interfaces at once failed, and changed nothing; applying them one by one", "why", why, "error", msg)
+				a.lastApplyErr = msg
+			}
+			// A failed first Apply takes back the shared state its
+			// Guard created (the pinned maps): open it afresh.
+			g.Close()
+			if g, err = loader.Open(a.cfg.PinPath, true); err != nil {
+				return a.reconciled(why, fmt.Errorf("%w: %w", errFatal, err))
+			}
+			changes, failed, err = a.applyEach(g, want, scope)
+			later = nil
+		} else {
+			a.lastApplyErr = ""
+		}
 	}
 	for _, batch := range later {
 		if a.stopping() {
@@ -173,7 +184,7 @@ func (a *Agent) reconcile(full bool, why string) error {
 			changes = append(changes, cs...)
 			continue
 		}
-		a.log.Warn("attaching a batch of new interfaces failed, and changed nothing; attaching them one by one", "why", why, "error", berr)
+		a.log.Warn("attaching new interfaces failed, and changed nothing; attaching them one by one", "why", why, "error", berr)
 		for _, s := range batch {
 			cs, ferr := a.applyOne(g, s)
 			changes = append(changes, cs...)
@@ -364,6 +375,42 @@ var errGone = errors.New("interface gone")
 // than that come at once (about 0.2 s each on a small machine).
 const newBatch = 16
 
+// onlyNew reports whether a links-only reconcile after a clean one finds
+// interfaces that only came (none gone, none renamed), and returns the new
+// ones the config wants.
+func (a *Agent) onlyNew(full bool, p *plan) ([]loader.InterfaceSpec, bool) {
+	if full || !a.clean || a.links == nil {
+		return nil, false
+	}
+	for idx, name := range a.links {
+		if p.links[idx] != name {
+			return nil, false
+		}
+	}
+	old := map[string]bool{}
+	for _, name := range a.links {
+		old[name] = true
+	}
+	var fresh []loader.InterfaceSpec
+	for _, s := range p.specs {
+		if !old[s.Name] {
+			fresh = append(fresh, s)
+		}
+	}
+	return fresh, true
+}
+
+// batches cuts specs into transactions of newBatch.
+func batches(specs []loader.InterfaceSpec) [][]loader.InterfaceSpec {
+	var out [][]loader.InterfaceSpec
+	for len(specs) > 0 {
+		n := min(newBatch, len(specs))
+		out = append(out, specs[:n:n])
+		specs = specs[n:]
+	}
+	return out
+}
+
 // splitNew splits the wanted interfaces into those to apply first (all of
 // them, when few are new) and batches of new ones.
 func splitNew(specs, attached []loader.InterfaceSpec) ([]loader.InterfaceSpec, [][]loader.InterfaceSpec) {
@@ -382,13 +429,7 @@ func splitNew(specs, attached []loader.InterfaceSpec) ([]loader.InterfaceSpec, [
 	if len(fresh) <= newBatch {
 		return specs, nil
 	}
-	var batches [][]loader.InterfaceSpec
-	for len(fresh) > 0 {
-		n := min(newBatch, len(fresh))
-		batches = append(batches, fresh[:n:n])
-		fresh = fresh[n:]
-	}
-	return old, batches
+	return old, batches(fresh)
 }
 
 // logChange logs one change the loader made: what, where, and why.
