@@ -3,6 +3,8 @@
 # Debian machine, and nothing when it is already there. Go itself must exist.
 set -euo pipefail
 pkgs=(clang llvm libbpf-dev bpftool xdp-tools memcached netsniff-ng nftables tcpdump iproute2 python3-scapy)
+# The agent's tests: a real Prometheus (and promtool), systemd-analyze.
+pkgs+=(prometheus systemd)
 # make vmtest: qemu boots the test kernels, busybox-static is their initramfs,
 # kmod's depmod/modprobe resolve their modules, xz unpacks compressed ones.
 pkgs+=(qemu-system-x86 busybox-static kmod xz-utils util-linux debian-archive-keyring)
