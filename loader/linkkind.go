@@ -59,3 +59,13 @@ func entryPoints(l netlink.Link) (linkKind, error) {
 	}
 	return k, nil
 }
+
+// CheckLinkType says whether xdpguard can protect l: nil for Ethernet links
+// and links whose frames start at the IP header, an error naming the
+// interface and its type otherwise. An agent that protects every interface
+// matching a glob uses it to leave alone, rather than retry forever, links
+// it can never parse.
+func CheckLinkType(l netlink.Link) error {
+	_, err := entryPoints(l)
+	return err
+}

@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
@@ -51,42 +50,6 @@ func TestDataplanePrograms(t *testing.T) {
 		if info.Name != want {
 			t.Errorf("program %q where %q was wanted", info.Name, want)
 		}
-	}
-}
-
-// tunOfType creates a tun device in ns whose link type (dev->type) is typ:
-// tun lets its owner set any ARPHRD type (TUNSETLINK) while the device is
-// down, which gives the test links of types this machine has no driver for.
-// The device lives until the test ends.
-func tunOfType(t *testing.T, ns *nstest.NS, name string, typ uint16) {
-	t.Helper()
-	var fd int
-	err := ns.Do(func() error {
-		var err error
-		if fd, err = unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
-			return fmt.Errorf("open /dev/net/tun: %w", err)
-		}
-		var req struct {
-			name  [unix.IFNAMSIZ]byte
-			flags uint16
-			_     [22]byte
-		}
-		copy(req.name[:], name)
-		req.flags = unix.IFF_TUN | unix.IFF_NO_PI
-		if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req))); e != 0 {
-			return fmt.Errorf("TUNSETIFF: %w", e)
-		}
-		if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETLINK, uintptr(typ)); e != 0 {
-			return fmt.Errorf("TUNSETLINK %d: %w", typ, e)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("tun %s of type %d: %v", name, typ, err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if out, err := ns.Run("ip", "link", "set", name, "up"); err != nil {
-		t.Fatalf("ip link set %s up: %v %s", name, err, out)
 	}
 }
 
@@ -148,7 +111,7 @@ func TestAttachPicksEntryPointsByLinkType(t *testing.T) {
 	}
 	for i, typ := range []uint16{unix.ARPHRD_NONE, unix.ARPHRD_PPP, unix.ARPHRD_RAWIP, unix.ARPHRD_TUNNEL, unix.ARPHRD_TUNNEL6, unix.ARPHRD_SIT, unix.ARPHRD_IPGRE} {
 		name := fmt.Sprintf("xgl3%d", i)
-		tunOfType(t, ns, name, typ)
+		nstest.TunOfType(t, ns, name, typ)
 		if _, err := attach(name); err != nil {
 			t.Fatalf("attach %s (ARPHRD %d): %v", name, typ, err)
 		}
@@ -160,7 +123,7 @@ func TestAttachPicksEntryPointsByLinkType(t *testing.T) {
 			t.Errorf("%s (ARPHRD %d) attached again: %+v, %v; want unchanged", name, typ, res, err)
 		}
 	}
-	tunOfType(t, ns, "xgib0", unix.ARPHRD_INFINIBAND)
+	nstest.TunOfType(t, ns, "xgib0", unix.ARPHRD_INFINIBAND)
 	_, err := attach("xgib0")
 	if err == nil || !strings.Contains(err.Error(), "xgib0") || !strings.Contains(err.Error(), `"infiniband"`) {
 		t.Fatalf("attach to an InfiniBand link: %v, want a refusal naming xgib0 and its type", err)

@@ -95,7 +95,8 @@ type Agent struct {
 	// retry that fails the same way does not log it again.
 	failedLogged map[string]string
 	// absentLogged holds the literal include names logged as absent,
-	// nonEtherLogged the matching interfaces logged as not Ethernet.
+	// nonEtherLogged the matching interfaces logged as of a link type
+	// xdpguard cannot parse.
 	absentLogged, nonEtherLogged map[string]bool
 	retry                        time.Duration
 	configErr                    string // the last config load's error, logged once

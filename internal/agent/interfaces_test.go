@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/xdpguard/xdpguard/internal/nstest"
 )
@@ -27,7 +28,9 @@ func TestMatchingInterfacesProtected(t *testing.T) {
 	for _, n := range []string{"xm0", "xm1", "xm9", "oth0"} {
 		h.veth(t, n)
 	}
-	// A tun device (no Ethernet header) that matches xm*.
+	// A tun device (no Ethernet header: the L3 programs) that matches xm*,
+	// and one whose link type (InfiniBand) no program parses.
+	nstest.TunOfType(t, h.ns, "xmib0", unix.ARPHRD_INFINIBAND)
 	err := h.ns.Do(func() error {
 		tun := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "xmt0"}, Mode: netlink.TUNTAP_MODE_TUN, Flags: netlink.TUNTAP_DEFAULTS}
 		if err := netlink.LinkAdd(tun); err != nil {
@@ -45,7 +48,7 @@ func TestMatchingInterfacesProtected(t *testing.T) {
 	}
 
 	st := h.status(t)
-	for _, n := range []string{"xm0", "xm1"} {
+	for _, n := range []string{"xm0", "xm1", "xmt0"} {
 		if !st.has(n, "xdp") || !st.has(n, "tc") {
 			t.Errorf("%s matches xm* but is not protected on both hooks: %+v", n, st.Attachments)
 		}
@@ -53,13 +56,13 @@ func TestMatchingInterfacesProtected(t *testing.T) {
 			t.Errorf("%s: kernel runs XDP program %d, status says %d", n, h.kernelXDP(t, n), st.xdp()[n])
 		}
 	}
-	for _, n := range []string{"xm9", "oth0", "lo", "xmt0"} {
+	for _, n := range []string{"xm9", "oth0", "lo", "xmib0"} {
 		if st.has(n, "xdp") || h.kernelXDP(t, n) != 0 {
-			t.Errorf("%s must not be protected (excluded, no match, loopback, not Ethernet): %+v", n, st.Attachments)
+			t.Errorf("%s must not be protected (excluded, no match, loopback, unparseable link type): %+v", n, st.Attachments)
 		}
 	}
-	if n := a.log.count("not an Ethernet device", `"interface":"xmt0"`, `"encap":"none"`); n != 1 {
-		t.Errorf("the tun device xmt0 logged %d times as not Ethernet, want once", n)
+	if n := a.log.count("link type cannot be protected", `"interface":"xmib0"`, `"encap":"infiniband"`); n != 1 {
+		t.Errorf("the InfiniBand-typed xmib0 logged %d times as unprotectable, want once", n)
 	}
 	if n := a.log.count(`"what":"attached"`, `"interface":"xm0"`, `interface xm0 matches xm*`); n != 1 {
 		t.Errorf("want one log line saying xm0 was attached because it matches xm*, got %d", n)

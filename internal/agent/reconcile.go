@@ -52,16 +52,18 @@ func (a *Agent) makePlan() (*plan, error) {
 		default:
 			p.why[name] = fmt.Sprintf("interface %s %s", name, why)
 		}
-		if ok && !ethernet(l) {
-			// The programs parse Ethernet frames; on a device without
-			// them (tun, wireguard, ipip) every field would be read
-			// at the wrong offset.
-			if !a.nonEtherLogged[name] {
-				a.log.Warn("interface matches but is not an Ethernet device: not protected", "interface", name,
-					"encap", l.Attrs().EncapType, "why", p.why[name])
-				a.nonEtherLogged[name] = true
+		if ok {
+			if err := loader.CheckLinkType(l); err != nil {
+				// Frames xdpguard cannot parse (InfiniBand, CAN...):
+				// attaching would report protection that is not there,
+				// and retrying would never succeed.
+				if !a.nonEtherLogged[name] {
+					a.log.Warn("interface matches but its link type cannot be protected", "interface", name,
+						"encap", l.Attrs().EncapType, "error", err.Error(), "why", p.why[name])
+					a.nonEtherLogged[name] = true
+				}
+				continue
 			}
-			continue
 		}
 		delete(a.nonEtherLogged, name)
 		if ok {
@@ -97,17 +99,6 @@ func (a *Agent) noteAbsent(links map[int]string) {
 			a.absentLogged[pat] = true
 		}
 	}
-}
-
-// ethernet reports whether l's frames carry an Ethernet header, as the
-// programs expect: Ethernet devices, and loopback (which frames its packets
-// with an all-zero Ethernet header).
-func ethernet(l netlink.Link) bool {
-	switch l.Attrs().EncapType {
-	case "ether", "loopback":
-		return true
-	}
-	return false
 }
 
 // gone is how the loader names an interface that no longer exists.
