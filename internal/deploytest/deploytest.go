@@ -21,6 +21,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
+
+	"github.com/xdpguard/xdpguard/internal/agent/config"
 )
 
 // Kustomizations, relative to the repository's root.
@@ -243,51 +245,46 @@ func (m *Manifests) Config() ([]byte, error) {
 	return []byte(s), nil
 }
 
-// agentConfig is the part of the agent's config file that the manifests
-// must agree with.
-type agentConfig struct {
-	PinPath string `json:"pin_path"`
-	Metrics struct {
-		Listen string `json:"listen"`
-	} `json:"metrics"`
-}
-
-// MetricsListen is the config's metrics.listen, and its port.
-func (m *Manifests) MetricsListen() (string, int, error) {
-	cfg, err := m.agentConfig()
-	if err != nil {
-		return "", 0, err
-	}
-	_, port, err := net.SplitHostPort(cfg.Metrics.Listen)
-	if err != nil {
-		return "", 0, fmt.Errorf("%s: metrics.listen %q: %w", ConfigKey, cfg.Metrics.Listen, err)
-	}
-	n, err := strconv.Atoi(port)
-	if err != nil || n <= 0 || n > 65535 {
-		return "", 0, fmt.Errorf("%s: metrics.listen %q: port %q is not a port number", ConfigKey, cfg.Metrics.Listen, port)
-	}
-	return cfg.Metrics.Listen, n, nil
-}
-
-// PinPath is the config's pin_path, as the agent sees it inside the pod.
-func (m *Manifests) PinPath() (string, error) {
-	cfg, err := m.agentConfig()
-	if err != nil {
+// WriteConfigMap writes every key of the ConfigMap into dir as a file, as
+// the kubelet does where it mounts the ConfigMap, and returns the agent's
+// config file among them.
+func (m *Manifests) WriteConfigMap(dir string) (string, error) {
+	if _, err := m.Config(); err != nil {
 		return "", err
 	}
-	return cfg.PinPath, nil
+	for key, val := range m.ConfigMap.Data {
+		if key != filepath.Base(key) || key == "." || key == ".." {
+			return "", fmt.Errorf("ConfigMap key %q is not a file name", key)
+		}
+		if err := os.WriteFile(filepath.Join(dir, key), []byte(val), 0o644); err != nil {
+			return "", err
+		}
+	}
+	return filepath.Join(dir, ConfigKey), nil
 }
 
-func (m *Manifests) agentConfig() (*agentConfig, error) {
-	raw, err := m.Config()
+// AgentConfig loads the ConfigMap's config with the agent's own config
+// package, from the ConfigMap's files written into dir: what the agent
+// accepts, and how it reads it. Paths in it are the pod's.
+func (m *Manifests) AgentConfig(dir string) (*config.Config, error) {
+	file, err := m.WriteConfigMap(dir)
 	if err != nil {
 		return nil, err
 	}
-	var cfg agentConfig
-	if err := yaml.Unmarshal(raw, &cfg); err != nil {
-		return nil, fmt.Errorf("%s: %w", ConfigKey, err)
+	return config.Load(file)
+}
+
+// MetricsListen is the agent's metrics.listen, and its port.
+func MetricsListen(cfg *config.Config) (string, int, error) {
+	_, port, err := net.SplitHostPort(cfg.MetricsListen)
+	if err != nil {
+		return "", 0, fmt.Errorf("%s: metrics.listen %q: %w", ConfigKey, cfg.MetricsListen, err)
 	}
-	return &cfg, nil
+	n, err := strconv.Atoi(port)
+	if err != nil || n <= 0 || n > 65535 {
+		return "", 0, fmt.Errorf("%s: metrics.listen %q: port %q is not a port number", ConfigKey, cfg.MetricsListen, port)
+	}
+	return cfg.MetricsListen, n, nil
 }
 
 // ContainerPort resolves a probe's or a PodMonitor's port, a number or the

@@ -1,6 +1,7 @@
 package deploytest
 
 import (
+	"maps"
 	"net"
 	"path/filepath"
 	"slices"
@@ -14,7 +15,18 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
+
+	"github.com/xdpguard/xdpguard/internal/agent/config"
 )
+
+func agentConfig(t *testing.T, m *Manifests) *config.Config {
+	t.Helper()
+	cfg, err := m.AgentConfig(t.TempDir())
+	if err != nil {
+		t.Fatalf("the agent refuses the ConfigMap's config:\n%v", err)
+	}
+	return cfg
+}
 
 func load(t *testing.T, dir string) *Manifests {
 	t.Helper()
@@ -239,10 +251,7 @@ func TestDaemonSetMounts(t *testing.T) {
 	for _, v := range spec.Volumes {
 		volumes[v.Name] = v
 	}
-	pinPath, err := m.PinPath()
-	if err != nil {
-		t.Fatal(err)
-	}
+	pinPath := agentConfig(t, m).PinPath
 	var bpffs, config *corev1.VolumeMount
 	for i, vm := range c.VolumeMounts {
 		v, ok := volumes[vm.Name]
@@ -313,7 +322,7 @@ func TestDaemonSetMounts(t *testing.T) {
 func TestMetricsPortsAgree(t *testing.T) {
 	m := load(t, PodMonitorDir)
 	c := agent(t, m)
-	listen, port, err := m.MetricsListen()
+	listen, port, err := MetricsListen(agentConfig(t, m))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -406,22 +415,36 @@ func TestNamespace(t *testing.T) {
 	}
 }
 
-// The agent leaves protection in place when its pod stops: the rolling
-// update relies on it.
-func TestConfigKeepsProtectionOnStop(t *testing.T) {
+// The ConfigMap's config is one the agent accepts, read by the agent's own
+// config package from the ConfigMap's files as the pod sees them; and it
+// leaves protection in place when the pod stops, which the rolling update
+// relies on. A broken copy is refused, so the check can fail.
+func TestConfigAcceptedByAgent(t *testing.T) {
 	m := load(t, Dir)
-	raw, err := m.Config()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg struct {
-		OnStop string `json:"on_stop"`
-	}
-	if err := yaml.Unmarshal(raw, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	if cfg.OnStop != "keep" {
+	cfg := agentConfig(t, m)
+	if cfg.OnStop != config.OnStopKeep {
 		t.Errorf("on_stop = %q, want keep: a rolling update would open a gap on every node", cfg.OnStop)
+	}
+	if len(cfg.Interfaces.Include) == 0 || len(cfg.Ports) == 0 {
+		t.Errorf("config protects nothing: include %v, ports %v", cfg.Interfaces.Include, cfg.Ports)
+	}
+	if len(cfg.Allow.Files) != 1 || cfg.Allow.Files[0] != filepath.Join(filepath.Dir(cfg.Path), "allow.txt") {
+		t.Errorf("allow.files = %v, want the ConfigMap's allow.txt beside the config", cfg.Allow.Files)
+	}
+
+	broken := *m.ConfigMap
+	broken.Data = maps.Clone(m.ConfigMap.Data)
+	const good, bad = "\non_stop: keep\n", "\non_stop: kept\n"
+	if strings.Count(broken.Data[ConfigKey], good) != 1 {
+		t.Fatalf("config has no line %q to break", strings.TrimSpace(good))
+	}
+	broken.Data[ConfigKey] = strings.Replace(broken.Data[ConfigKey], good, bad, 1)
+	bm := *m
+	bm.ConfigMap = &broken
+	if _, err := bm.AgentConfig(t.TempDir()); err == nil {
+		t.Errorf("the agent accepts %q", strings.TrimSpace(bad))
+	} else {
+		t.Logf("broken copy refused as it must be: %v", err)
 	}
 }
 
