@@ -37,14 +37,15 @@ install: build
 
 # The container image (Containerfile): the static binary built here, in an
 # empty image whose every timestamp is the last commit's, so the same source
-# gives the same digest. IMAGE_BUILD_FLAGS=--no-cache rebuilds every layer.
+# gives the same digest. Never from the layer cache: a cached step keeps the
+# timestamps and parent ids of the build that made it.
 IMAGE ?= localhost/xdpguard
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 IMAGE_BUILDER ?= $(if $(shell command -v podman),podman build,buildah bud)
 image:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS) -s -w -buildid=" -o bin/image/xdpguard ./cmd/xdpguard
-	$(IMAGE_BUILDER) $(IMAGE_BUILD_FLAGS) --timestamp $(SOURCE_DATE_EPOCH) --identity-label=false \
+	$(IMAGE_BUILDER) --layers=false --timestamp $(SOURCE_DATE_EPOCH) --identity-label=false \
 		--build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) \
 		-f Containerfile -t $(IMAGE):latest -t $(IMAGE):$(VERSION) bin/image
 
