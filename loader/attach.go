@@ -63,6 +63,8 @@ type AttachOptions struct {
 	Reload bool
 	// Warn receives warnings (a fallback to generic mode, say).
 	Warn func(string)
+
+	failpoint func(step string) error // see ApplyOptions
 }
 
 // Errors callers branch on.
@@ -82,15 +84,15 @@ type AttachResult struct {
 	Action    string  // "attached", "unchanged" or "replaced"
 }
 
-// failpoint lets tests fail an attach at a named step to prove rollback.
-var failpoint = func(step string) error { return nil }
-
 // txn is a multi-step change: what to take back if it fails, and the
 // descriptors to close when it is over. One end step does both, in that
 // order: a rollback detaches links through descriptors still open.
 type txn struct {
 	undo    []func()
 	closers []io.Closer
+	// failpoint, when set, fails the change at a named step: tests prove
+	// rollback with it.
+	failpoint func(step string) error
 }
 
 // onFail registers a step that takes back one thing the change made.
@@ -99,6 +101,14 @@ func (t *txn) onFail(f func()) { t.undo = append(t.undo, f) }
 // closeAtEnd registers a descriptor to close once the change is over; pins
 // and links hold in the kernel what must live on.
 func (t *txn) closeAtEnd(c io.Closer) { t.closers = append(t.closers, c) }
+
+// fail is the failpoint at step: nil unless a test injects a failure.
+func (t *txn) fail(step string) error {
+	if t.failpoint == nil {
+		return nil
+	}
+	return t.failpoint(step)
+}
 
 // end takes everything back, newest first, if err is set, then closes.
 func (t *txn) end(err error) {
@@ -124,47 +134,51 @@ func lookupLink(name string) (netlink.Link, error) {
 	return l, nil
 }
 
-// Attach protects one interface. Attaching an attached interface again is
+// Attach protects one interface of the calling thread's namespace: Apply
+// with that one interface in scope. Attaching an attached interface again is
 // idempotent; if the programs changed (an upgrade) or opts.Reload is set,
 // the new ones replace the old atomically through the pinned links, so no
 // packet goes unfiltered. A failure takes back everything it made.
-func (g *Guard) Attach(name string, opts AttachOptions) (res AttachResult, err error) {
-	if opts.Mode == "" {
-		opts.Mode = XDPAuto
+func (g *Guard) Attach(name string, opts AttachOptions) (AttachResult, error) {
+	spec := InterfaceSpec{Name: name, Mode: opts.Mode, Egress: opts.Egress, TCBackend: opts.TCBackend}
+	changes, err := g.Apply(DesiredState{Interfaces: []InterfaceSpec{spec}}, ApplyOptions{
+		Scope: ApplyScope{Interfaces: true}, Force: opts.Force, Reload: opts.Reload, Warn: opts.Warn, failpoint: opts.failpoint,
+	})
+	res := AttachResult{Interface: name, Action: "unchanged"}
+	if err != nil {
+		return res, err
 	}
-	if opts.TCBackend == "" {
-		opts.TCBackend = TCAuto
-	}
-	if opts.Warn == nil {
-		opts.Warn = func(string) {}
-	}
-	defer func() {
-		if err != nil {
-			// A first attach that failed leaves no shared state behind.
-			if g.created {
-				_ = g.removeIfUnused()
-			}
-			err = fmt.Errorf("attach %s: %w", name, err)
+	for _, c := range changes {
+		switch {
+		case c.What == "egress added" && res.Action != "unchanged":
+		default:
+			res.Action = c.What
 		}
-	}()
-
+	}
 	l, err := lookupLink(name)
 	if err != nil {
 		return res, err
 	}
-	ifindex := l.Attrs().Index
-	res = AttachResult{Interface: name, Ifindex: ifindex}
-	dir := g.ifaceDir(ifindex)
-
-	if _, err := os.Stat(filepath.Join(dir, pinXDPLink)); err == nil {
-		return g.reattach(l, dir, opts, res)
+	res.Ifindex = l.Attrs().Index
+	res.Mode = xdpModeOf(l)
+	ns, err := CurrentNetns()
+	if err != nil {
+		return res, err
 	}
+	if a, err := loadAttachment(g.ifaceDir(ns, res.Ifindex), res.Ifindex); err == nil {
+		res.Egress = a.egress()
+		a.close()
+	}
+	return res, nil
+}
+
+// attachNew attaches this binary's programs to an interface that has none
+// of ours, pinning what holds them under dir, as part of the change t.
+func (g *Guard) attachNew(t *txn, l netlink.Link, dir string, opts AttachOptions) (res AttachResult, err error) {
+	res = AttachResult{Interface: l.Attrs().Name, Ifindex: l.Attrs().Index}
 	if err := refuseForeign(l, opts); err != nil {
 		return res, err
 	}
-
-	var t txn
-	defer func() { t.end(err) }()
 	if err := os.MkdirAll(dir, sharedPinMode); err != nil {
 		return res, fmt.Errorf("create %s: %w", dir, err)
 	}
@@ -179,7 +193,7 @@ func (g *Guard) Attach(name string, opts AttachOptions) (res AttachResult, err e
 	if err := dp.Stats.Pin(filepath.Join(dir, pinStats)); err != nil {
 		return res, fmt.Errorf("pin counters: %w", err)
 	}
-	if err := failpoint("stats"); err != nil {
+	if err := t.fail("stats"); err != nil {
 		return res, err
 	}
 
@@ -196,18 +210,18 @@ func (g *Guard) Attach(name string, opts AttachOptions) (res AttachResult, err e
 		return res, fmt.Errorf("pin XDP link: %w", err)
 	}
 	t.onFail(func() { xl.Unpin() })
-	if err := failpoint("xdp"); err != nil {
+	if err := t.fail("xdp"); err != nil {
 		return res, err
 	}
 
 	if opts.Egress {
-		backend, err := g.attachTC(l, dir, dp.TC, opts.TCBackend, &t)
+		backend, err := g.attachTC(l, dir, dp.TC, opts.TCBackend, t)
 		if err != nil {
 			return res, err
 		}
 		res.Egress = string(backend)
 	}
-	if err := failpoint("done"); err != nil {
+	if err := t.fail("done"); err != nil {
 		return res, err
 	}
 	res.Action = "attached"
@@ -359,62 +373,6 @@ func driverName(ifname string) string {
 		return "?"
 	}
 	return unix.ByteSliceToString(info.Driver[:])
-}
-
-// reattach handles an interface we already hold: no-op, egress added, or the
-// programs swapped in place through the links (an upgrade).
-func (g *Guard) reattach(l netlink.Link, dir string, opts AttachOptions, res AttachResult) (AttachResult, error) {
-	res.Action = "unchanged"
-	cur, err := loadAttachment(dir, l.Attrs().Index)
-	if err != nil {
-		return res, err
-	}
-	defer cur.close()
-	res.Mode = xdpModeOf(l)
-	if opts.Mode != XDPAuto && opts.Mode != res.Mode {
-		return res, fmt.Errorf("%w: %s is attached in %s mode: run `xdpguard detach %s` first to change it",
-			ErrModeMismatch, l.Attrs().Name, res.Mode, l.Attrs().Name)
-	}
-	res.Egress = cur.egress()
-
-	// Load a fresh instance that keeps this interface's counters; it is
-	// swapped in only if it differs or a reload was asked for.
-	dp, err := LoadDataplane(g.Maps, cur.stats)
-	if err != nil {
-		return res, err
-	}
-	defer dp.Close()
-	changed, err := cur.programsChanged(dp)
-	if err != nil {
-		return res, err
-	}
-	needTC := opts.Egress && res.Egress == ""
-	if !changed && !opts.Reload && !needTC {
-		return res, nil
-	}
-
-	if changed || opts.Reload {
-		if err := cur.xdp.Update(dp.XDP); err != nil {
-			return res, fmt.Errorf("replace XDP program: %w", err)
-		}
-		if err := cur.replaceTC(l, dp.TC); err != nil {
-			return res, err
-		}
-		res.Action = "replaced"
-	}
-	if needTC {
-		var t txn
-		backend, err := g.attachTC(l, dir, dp.TC, opts.TCBackend, &t)
-		t.end(err)
-		if err != nil {
-			return res, err
-		}
-		res.Egress = string(backend)
-		if res.Action == "unchanged" {
-			res.Action = "egress added"
-		}
-	}
-	return res, nil
 }
 
 func xdpModeOf(l netlink.Link) XDPMode {

@@ -62,7 +62,8 @@ func newRig(t *testing.T) *rig {
 					return err
 				}
 				defer g.Close()
-				return g.DetachAll()
+				_, err = g.DetachAll()
+				return err
 			})
 		}
 	})
@@ -165,7 +166,7 @@ func (r *rig) counters(t *testing.T) map[string]map[string]Counter {
 	t.Helper()
 	out := map[string]map[string]Counter{}
 	r.do(t, func(g *Guard) error {
-		st, err := g.Stats()
+		st, err := g.Stats(rigHostIf)
 		for _, s := range st {
 			out[s.Hook] = s.Counters
 		}
@@ -195,6 +196,16 @@ func (r *rig) expectCounters(t *testing.T, hook string, want map[string]uint64) 
 		if got[reason.String()].Packets != want[reason.String()] {
 			t.Errorf("%s %s: %d packets, want %d (all: %v)", hook, reason, got[reason.String()].Packets, want[reason.String()], got)
 		}
+	}
+}
+
+// failAt is a failpoint that fails at step with err.
+func failAt(step string, err error) func(string) error {
+	return func(s string) error {
+		if s == step {
+			return err
+		}
+		return nil
 	}
 }
 
@@ -251,7 +262,7 @@ func TestAttachIdempotentUpgradeDetach(t *testing.T) {
 		t.Fatalf("attach --mode generic over native: %v, want ErrModeMismatch", err)
 	}
 
-	r.do(t, func(g *Guard) error { return g.Detach(rigHostIf) })
+	r.do(t, func(g *Guard) error { _, err := g.Detach(rigHostIf); return err })
 	r.requireNothingLeft(t, "after the last detach")
 }
 
@@ -260,15 +271,7 @@ func TestAttachRollsBack(t *testing.T) {
 		t.Run(step, func(t *testing.T) {
 			r := newRig(t)
 			injected := errors.New("injected failure at " + step)
-			failpoint = func(s string) error {
-				if s == step {
-					return injected
-				}
-				return nil
-			}
-			t.Cleanup(func() { failpoint = func(string) error { return nil } })
-
-			_, err := r.tryAttach(rigHostIf, AttachOptions{Egress: true})
+			_, err := r.tryAttach(rigHostIf, AttachOptions{Egress: true, failpoint: failAt(step, injected)})
 			if !errors.Is(err, injected) {
 				t.Fatalf("attach: %v, want the injected failure", err)
 			}
@@ -281,20 +284,12 @@ func TestAttachRollbackKeepsOtherInterfaces(t *testing.T) {
 	r := newRig(t)
 	nstest.Veth(t, r.peer, "xg2", r.host, "xg3", 0)
 	r.attach(t, AttachOptions{})
-	failpoint = func(s string) error {
-		if s == "xdp" {
-			return errors.New("injected")
-		}
-		return nil
-	}
-	t.Cleanup(func() { failpoint = func(string) error { return nil } })
 	r.do(t, func(g *Guard) error {
-		if _, err := g.Attach("xg3", AttachOptions{}); err == nil {
+		if _, err := g.Attach("xg3", AttachOptions{failpoint: failAt("xdp", errors.New("injected"))}); err == nil {
 			return errors.New("attach xg3 succeeded despite the failpoint")
 		}
 		return nil
 	})
-	failpoint = func(string) error { return nil }
 	var atts []Attachment
 	r.do(t, func(g *Guard) (err error) {
 		atts, err = g.Attachments()
@@ -322,7 +317,7 @@ func TestAttachLegacyTC(t *testing.T) {
 	if err != nil || id == 0 {
 		t.Fatalf("cls_bpf filter: id %d, %v; want our filter", id, err)
 	}
-	r.do(t, func(g *Guard) error { return g.Detach(rigHostIf) })
+	r.do(t, func(g *Guard) error { _, err := g.Detach(rigHostIf); return err })
 	qdiscs, err := r.host.Handle().QdiscList(l)
 	if err != nil {
 		t.Fatal(err)
@@ -493,19 +488,77 @@ func TestUpgradeUnderFloodPassesNothing(t *testing.T) {
 	t.Logf("%d reloads under a flood of %d frames: all dropped", reloads, n)
 }
 
-func TestSameInterfaceNameInTwoNamespaces(t *testing.T) {
-	r1, r2 := newRig(t), newRig(t)
-	r1.attach(t, AttachOptions{})
-	r2.attach(t, AttachOptions{})
-	r1.do(t, func(g *Guard) error { return g.Detach(rigHostIf) })
-	if id := r1.xdpProgID(t); id != 0 {
-		t.Errorf("first namespace still has XDP program %d", id)
+// TestSameInterfaceInTwoNamespaces: with one pin path, as every operator
+// has, an interface with the same name and ifindex in two namespaces is two
+// interfaces: attaching in B after A attaches B (it said "unchanged" and left
+// B unprotected), status tells them apart, and detaching in A leaves B
+// protected.
+func TestSameInterfaceInTwoNamespaces(t *testing.T) {
+	a, b := newRig(t), newRig(t)
+	b.pin = a.pin
+	if ia, ib := a.hostLink(t).Attrs().Index, b.hostLink(t).Attrs().Index; ia != ib {
+		t.Fatalf("ifindexes %d and %d; the test needs them equal", ia, ib)
 	}
-	if id := r2.xdpProgID(t); id == 0 {
-		t.Fatalf("detaching in one namespace detached the other")
+	if res := a.attach(t, AttachOptions{}); res.Action != "attached" {
+		t.Fatalf("attach in A: %+v", res)
 	}
-	r2.send(t, request(t, attacker))
-	r2.expectCounters(t, "xdp", map[string]uint64{"drop_request": 1})
+	if res := b.attach(t, AttachOptions{Egress: true}); res.Action != "attached" || res.Egress == "" {
+		t.Fatalf("attach in B after A: %+v, want attached with egress", res)
+	}
+	if a.xdpProgID(t) == 0 || b.xdpProgID(t) == 0 || a.xdpProgID(t) == b.xdpProgID(t) {
+		t.Fatalf("XDP programs %d (A) and %d (B): want one of its own on each", a.xdpProgID(t), b.xdpProgID(t))
+	}
+	if n := a.tcxCount(t); n != 0 {
+		t.Fatalf("egress asked for in B landed in A too (%d tcx programs)", n)
+	}
+
+	var atts []Attachment
+	a.do(t, func(g *Guard) (err error) {
+		atts, err = g.Attachments()
+		return err
+	})
+	nsA, nsB := netnsOf(t, a.host), netnsOf(t, b.host)
+	want := map[string]bool{
+		fmt.Sprintf("%d xdp here", nsA): true, fmt.Sprintf("%d xdp", nsB): true, fmt.Sprintf("%d tc", nsB): true,
+	}
+	for _, at := range atts {
+		k := fmt.Sprintf("%d %s", at.Netns, at.Hook)
+		if at.Here {
+			k += " here"
+		}
+		if !want[k] || at.Interface != rigHostIf {
+			t.Errorf("status from A lists %+v; want %s's xdp here, and B's xdp and tc", at, rigHostIf)
+		}
+		delete(want, k)
+	}
+	if len(want) > 0 {
+		t.Errorf("status from A misses %v: %+v", want, atts)
+	}
+
+	a.do(t, func(g *Guard) error { _, err := g.Detach(rigHostIf); return err })
+	if id := a.xdpProgID(t); id != 0 {
+		t.Errorf("A still has XDP program %d", id)
+	}
+	if id := b.xdpProgID(t); id == 0 || b.tcxCount(t) != 1 {
+		t.Fatalf("detaching in A detached B: XDP %d, %d tcx", id, b.tcxCount(t))
+	}
+	if _, err := os.Stat(a.pin); err != nil {
+		t.Fatalf("detaching A's last interface removed the state B uses: %v", err)
+	}
+	b.send(t, request(t, attacker))
+	b.expectCounters(t, "xdp", map[string]uint64{"drop_request": 1})
+	b.do(t, func(g *Guard) error { _, err := g.DetachAll(); return err })
+	b.requireNothingLeft(t, "after B's detach --all")
+}
+
+// netnsOf is the inode of ns's network namespace.
+func netnsOf(t *testing.T, ns *nstest.NS) uint64 {
+	t.Helper()
+	var ino uint64
+	if err := ns.Do(func() (err error) { ino, err = CurrentNetns(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	return ino
 }
 
 func TestEnsureBPFFSRefusesOtherFilesystems(t *testing.T) {

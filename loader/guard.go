@@ -8,21 +8,32 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
 )
 
-// The pin path holds the shared maps and, under ifaces/<ifindex>, what one
-// attach made for one interface:
+// The pin path holds the shared maps and, under netns/<inode>/<ifindex>,
+// what one attach made for one interface of one network namespace:
 //
-//	<pin>/config  allow4  allow6  frags
-//	<pin>/ifaces/<ifindex>/stats  xdp_link  [tc_link | tc_legacy/]
+//	<pin>/config  allow4  allow6  frags  meta
+//	<pin>/netns/<netns inode>/<ifindex>/stats  xdp_link  [tc_link | tc_legacy/]
+//
+// Ifindexes repeat across network namespaces (every namespace's first veth
+// may be ifindex 2), so an interface is named by its namespace's inode and
+// its ifindex, as cloudflare/tubular names its state. Releases before this
+// layout kept <pin>/ifaces/<ifindex>/...; Open moves those entries into
+// place (see migrateOldLayout).
 const (
 	pinConfig     = "config"
 	pinAllow4     = "allow4"
 	pinAllow6     = "allow6"
 	pinFrags      = "frags"
-	ifacesDir     = "ifaces"
+	pinMeta       = "meta"
+	netnsDir      = "netns"
+	oldIfacesDir  = "ifaces" // the layout before netns/: upgraded by Open
 	pinStats      = "stats"
 	pinXDPLink    = "xdp_link"
 	pinTCLink     = "tc_link"
@@ -44,15 +55,19 @@ type Guard struct {
 	pinPath string
 	lock    *os.File
 	Maps    *Maps
+	// meta holds the allow-list counts and digest (allowMeta); nil only
+	// for a read-only open of state that predates it.
+	meta *ebpf.Map
 	// created records that this Guard made the shared state: if nothing
-	// ends up attached, Close's caller can undo it with removeIfUnused.
+	// ends up attached, a failed Apply undoes it with removeIfUnused.
 	created bool
 }
 
 // Open opens the state under pinPath to change it, holding the pin path's
 // lock until Close. With create, missing state is made (bpffs mounted if
 // needed, maps created holding DefaultConfig and pinned); without it,
-// missing state is ErrNotSetUp.
+// missing state is ErrNotSetUp. State pinned by an older release is
+// upgraded in place (see migrateOldLayout).
 func Open(pinPath string, create bool) (*Guard, error) {
 	return open(pinPath, create, true)
 }
@@ -65,6 +80,9 @@ func OpenReadOnly(pinPath string) (*Guard, error) {
 
 func open(pinPath string, create, lock bool) (g *Guard, err error) {
 	if err := CheckPrivileges(); err != nil {
+		return nil, err
+	}
+	if err := removeMemlock(); err != nil {
 		return nil, err
 	}
 	pinPath = filepath.Clean(pinPath)
@@ -98,8 +116,34 @@ func open(pinPath string, create, lock bool) (g *Guard, err error) {
 		}
 		return nil, err
 	}
+	if g.meta, err = g.openMeta(lock); err != nil {
+		g.Maps.Close()
+		if g.created {
+			g.removeShared()
+		}
+		return nil, err
+	}
+	if lock {
+		if err := g.migrateOldLayout(); err != nil {
+			g.Close()
+			return nil, err
+		}
+	}
 	return g, nil
 }
+
+var memlockOnce = sync.OnceValue(func() error {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("raise RLIMIT_MEMLOCK for BPF maps (kernels before 5.11 charge maps to it): %w", err)
+	}
+	return nil
+})
+
+// removeMemlock lifts RLIMIT_MEMLOCK where the kernel charges BPF maps and
+// programs to it (before Linux 5.11): the fragment table alone is larger
+// than the common 8 MiB limit. On later kernels it changes nothing. It runs
+// before anything is created or loaded.
+func removeMemlock() error { return memlockOnce() }
 
 // openMaps opens the pinned shared maps, creating and pinning missing ones
 // when create is set. It reports whether it created any.
@@ -174,6 +218,9 @@ func (g *Guard) Close() error {
 	if g.Maps != nil {
 		errs = append(errs, g.Maps.Close())
 	}
+	if g.meta != nil {
+		errs = append(errs, g.meta.Close())
+	}
 	if g.lock != nil {
 		errs = append(errs, g.lock.Close())
 	}
@@ -183,13 +230,36 @@ func (g *Guard) Close() error {
 // PinPath is where the state lives.
 func (g *Guard) PinPath() string { return g.pinPath }
 
-func (g *Guard) ifaceDir(ifindex int) string {
-	return filepath.Join(g.pinPath, ifacesDir, strconv.Itoa(ifindex))
+// CurrentNetns is the inode of the calling thread's network namespace: the
+// name of its state under <pin>/netns/ and the "netns" of status. A thread,
+// not the process: Go programs (and tests) move single threads into other
+// namespaces.
+func CurrentNetns() (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return 0, fmt.Errorf("read this thread's network namespace: %w", err)
+	}
+	return st.Ino, nil
 }
 
-// attachedIfindexes lists the interfaces with state, ascending.
-func (g *Guard) attachedIfindexes() ([]int, error) {
-	entries, err := os.ReadDir(filepath.Join(g.pinPath, ifacesDir))
+func (g *Guard) netnsPath(netns uint64) string {
+	return filepath.Join(g.pinPath, netnsDir, strconv.FormatUint(netns, 10))
+}
+
+func (g *Guard) ifaceDir(netns uint64, ifindex int) string {
+	return filepath.Join(g.netnsPath(netns), strconv.Itoa(ifindex))
+}
+
+// entry is one interface's pinned state: where it is and whose it is.
+type entry struct {
+	netns   uint64 // 0: the layout before netns/, namespace not known yet
+	ifindex int
+	dir     string
+}
+
+// listIfindexes lists the numeric subdirectories of dir, ascending.
+func listIfindexes(dir string) ([]int, error) {
+	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -206,32 +276,114 @@ func (g *Guard) attachedIfindexes() ([]int, error) {
 	return out, nil
 }
 
-// removeIfUnused removes the shared state when no interface uses it.
-// Detach calls it; so does a failed first attach (rollback).
+// entriesIn lists one namespace's interfaces with state, by ifindex.
+func (g *Guard) entriesIn(netns uint64) ([]entry, error) {
+	idxs, err := listIfindexes(g.netnsPath(netns))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]entry, 0, len(idxs))
+	for _, idx := range idxs {
+		out = append(out, entry{netns: netns, ifindex: idx, dir: g.ifaceDir(netns, idx)})
+	}
+	return out, nil
+}
+
+// allEntries lists every namespace's interfaces with state, by namespace
+// then ifindex, then any left in the old layout (netns 0).
+func (g *Guard) allEntries() ([]entry, error) {
+	dirs, err := os.ReadDir(filepath.Join(g.pinPath, netnsDir))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("list namespaces: %w", err)
+	}
+	var nss []uint64
+	for _, d := range dirs {
+		if n, err := strconv.ParseUint(d.Name(), 10, 64); err == nil && d.IsDir() {
+			nss = append(nss, n)
+		}
+	}
+	slices.Sort(nss)
+	var out []entry
+	for _, ns := range nss {
+		es, err := g.entriesIn(ns)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, es...)
+	}
+	old, err := listIfindexes(filepath.Join(g.pinPath, oldIfacesDir))
+	if err != nil {
+		return nil, err
+	}
+	for _, idx := range old {
+		out = append(out, entry{ifindex: idx, dir: filepath.Join(g.pinPath, oldIfacesDir, strconv.Itoa(idx))})
+	}
+	return out, nil
+}
+
+// removeIfUnused removes the shared state when no namespace has an
+// interface attached. Entries whose XDP link is defunct (their interface, or
+// its namespace, is gone) protect nothing and are removed first. Detach
+// calls it; so does a failed Apply that created the state (rollback). The
+// Guard must be closed afterwards.
 func (g *Guard) removeIfUnused() error {
-	ifs, err := g.attachedIfindexes()
+	es, err := g.allEntries()
 	if err != nil {
 		return err
 	}
-	if len(ifs) > 0 {
+	live := 0
+	for _, e := range es {
+		if defunct, err := entryDefunct(e.dir); err == nil && defunct {
+			if err := removeDefunct(e); err != nil {
+				return err
+			}
+			continue
+		}
+		live++
+	}
+	if live > 0 {
 		return nil
 	}
 	return g.removeShared()
 }
 
+// RemoveIfUnused removes the shared maps (config, allow lists, fragment
+// table) and the pin directory when no network namespace has an interface
+// attached any more: the last detach leaves nothing behind. Close the Guard
+// afterwards; it reports whether it removed them.
+func (g *Guard) RemoveIfUnused() (bool, error) {
+	if err := g.removeIfUnused(); err != nil {
+		return false, err
+	}
+	_, err := os.Stat(filepath.Join(g.pinPath, pinConfig))
+	return errors.Is(err, os.ErrNotExist), nil
+}
+
 func (g *Guard) removeShared() error {
 	var errs []error
-	for _, name := range []string{pinConfig, pinAllow4, pinAllow6, pinFrags} {
+	for _, name := range []string{pinConfig, pinAllow4, pinAllow6, pinFrags, pinMeta} {
 		if err := os.Remove(filepath.Join(g.pinPath, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
 	}
-	if err := os.Remove(filepath.Join(g.pinPath, ifacesDir)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, err)
+	// Empty namespace directories, then the roots; a directory that still
+	// holds something makes Remove fail, which is reported.
+	if dirs, err := os.ReadDir(filepath.Join(g.pinPath, netnsDir)); err == nil {
+		for _, d := range dirs {
+			if err := os.Remove(filepath.Join(g.pinPath, netnsDir, d.Name())); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for _, dir := range []string{netnsDir, oldIfacesDir} {
+		if err := os.Remove(filepath.Join(g.pinPath, dir)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
 	}
 	if err := os.Remove(g.pinPath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
+	forgetAllow(g.pinPath)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove %s: %w", g.pinPath, err)
 	}

@@ -38,6 +38,9 @@ func specs() (*ebpf.CollectionSpec, *xdpguardSpecs, error) {
 // NewMaps creates unpinned shared maps holding DefaultConfig. Tests and
 // benchmarks use it; Open creates pinned ones.
 func NewMaps(sizes MapSizes) (*Maps, error) {
+	if err := removeMemlock(); err != nil {
+		return nil, err
+	}
 	_, s, err := specs()
 	if err != nil {
 		return nil, err

@@ -2,44 +2,112 @@ package loader
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Attachment is one program on one interface, as status shows it.
 type Attachment struct {
 	Interface string `json:"interface"`
 	Ifindex   int    `json:"ifindex"`
+	// Netns is the inode of the interface's network namespace (as
+	// `ls -i /proc/PID/ns/net` or `lsns -t net` show it); 0 for state pinned
+	// by a release before namespaces were told apart, not yet upgraded by an
+	// attach in its namespace.
+	Netns uint64 `json:"netns"`
+	// Here says whether that is the namespace status ran in.
+	Here      bool   `json:"here"`
 	Hook      string `json:"hook"` // "xdp" or "tc"
 	Mode      string `json:"mode"` // xdp: native|generic; tc: tcx|legacy
 	ProgramID uint32 `json:"program_id"`
 }
 
-// ifaceName names an ifindex, or says it is gone.
-func ifaceName(ifindex int) (string, netlink.Link) {
-	l, err := netlink.LinkByIndex(ifindex)
-	if err != nil {
-		return fmt.Sprintf("(gone, ifindex %d)", ifindex), nil
-	}
-	return l.Attrs().Name, l
+// nsLinks reads links in one namespace: the caller's, or another found by
+// its inode among /run/netns and the processes' namespaces.
+type nsLinks struct {
+	h     *netlink.Handle // nil: the namespace could not be entered
+	close func()
 }
 
-// Attachments lists what is attached, by interface then hook.
+func openNsLinks(netns, here uint64) nsLinks {
+	if netns == here {
+		return nsLinks{h: &netlink.Handle{}, close: func() {}}
+	}
+	if netns == 0 {
+		return nsLinks{close: func() {}}
+	}
+	var paths []string
+	if ents, err := os.ReadDir("/run/netns"); err == nil {
+		for _, e := range ents {
+			paths = append(paths, filepath.Join("/run/netns", e.Name()))
+		}
+	}
+	if procs, err := filepath.Glob("/proc/[0-9]*/ns/net"); err == nil {
+		paths = append(paths, procs...)
+	}
+	for _, p := range paths {
+		var st unix.Stat_t
+		if unix.Stat(p, &st) != nil || st.Ino != netns {
+			continue
+		}
+		ns, err := vnetns.GetFromPath(p)
+		if err != nil {
+			continue
+		}
+		h, err := netlink.NewHandleAt(ns)
+		ns.Close()
+		if err != nil {
+			continue
+		}
+		return nsLinks{h: h, close: h.Close}
+	}
+	return nsLinks{close: func() {}}
+}
+
+// Attachments lists what is attached in every network namespace, by
+// namespace, interface and hook. Interfaces of other namespaces are named
+// when their namespace can be found (a /run/netns name or a process in it).
 func (g *Guard) Attachments() ([]Attachment, error) {
-	ifs, err := g.attachedIfindexes()
+	here, err := CurrentNetns()
 	if err != nil {
 		return nil, err
 	}
+	es, err := g.allEntries()
+	if err != nil {
+		return nil, err
+	}
+	handles := map[uint64]nsLinks{}
+	defer func() {
+		for _, h := range handles {
+			h.close()
+		}
+	}()
 	var out []Attachment
-	for _, idx := range ifs {
-		name, l := ifaceName(idx)
-		a, err := loadAttachment(g.ifaceDir(idx), idx)
+	for _, e := range es {
+		nl, ok := handles[e.netns]
+		if !ok {
+			nl = openNsLinks(e.netns, here)
+			handles[e.netns] = nl
+		}
+		name := fmt.Sprintf("(ifindex %d)", e.ifindex)
+		var l netlink.Link
+		if nl.h != nil {
+			if l, err = nl.h.LinkByIndex(e.ifindex); err == nil {
+				name = l.Attrs().Name
+			} else {
+				name, l = fmt.Sprintf("(gone, ifindex %d)", e.ifindex), nil
+			}
+		}
+		a, err := loadAttachment(e.dir, e.ifindex)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		x := Attachment{Interface: name, Ifindex: idx, Hook: HookXDP.String()}
+		x := Attachment{Interface: name, Ifindex: e.ifindex, Netns: e.netns, Here: e.netns == here, Hook: HookXDP.String()}
 		if info, err := a.xdp.Info(); err == nil {
 			x.ProgramID = uint32(info.Program)
 		}
@@ -47,17 +115,19 @@ func (g *Guard) Attachments() ([]Attachment, error) {
 			x.Mode = string(xdpModeOf(l))
 		}
 		out = append(out, x)
+		t := x
+		t.Hook, t.ProgramID = HookTC.String(), 0
 		switch {
 		case a.tc != nil:
-			t := Attachment{Interface: name, Ifindex: idx, Hook: HookTC.String(), Mode: string(TCX)}
+			t.Mode = string(TCX)
 			if info, err := a.tc.Info(); err == nil {
 				t.ProgramID = uint32(info.Program)
 			}
 			out = append(out, t)
 		case a.legacy:
-			t := Attachment{Interface: name, Ifindex: idx, Hook: HookTC.String(), Mode: string(TCLegacy)}
+			t.Mode = string(TCLegacy)
 			if l != nil {
-				id, err := legacyProgramID(l)
+				id, err := legacyProgramIDAt(nl.h, l)
 				if err != nil {
 					a.close()
 					return nil, err
@@ -79,12 +149,21 @@ type InterfaceStats struct {
 	Counters  map[string]Counter `json:"counters"`
 }
 
-// Stats reads the counters of the named interfaces (all when none), per
-// hook, summed over CPUs. The egress hook is listed only where attached.
+// Stats reads the counters of the named interfaces (all when none) of the
+// calling thread's network namespace, per hook, summed over CPUs. The egress
+// hook is listed only where attached.
 func (g *Guard) Stats(names ...string) ([]InterfaceStats, error) {
-	ifs, err := g.attachedIfindexes()
+	ns, err := CurrentNetns()
 	if err != nil {
 		return nil, err
+	}
+	es, err := g.entriesIn(ns)
+	if err != nil {
+		return nil, err
+	}
+	var ifs []int
+	for _, e := range es {
+		ifs = append(ifs, e.ifindex)
 	}
 	if len(names) > 0 {
 		var want []int
@@ -106,8 +185,11 @@ func (g *Guard) Stats(names ...string) ([]InterfaceStats, error) {
 	}
 	var out []InterfaceStats
 	for _, idx := range ifs {
-		name, _ := ifaceName(idx)
-		dir := g.ifaceDir(idx)
+		name := fmt.Sprintf("(gone, ifindex %d)", idx)
+		if l, err := netlink.LinkByIndex(idx); err == nil {
+			name = l.Attrs().Name
+		}
+		dir := g.ifaceDir(ns, idx)
 		a, err := loadAttachment(dir, idx)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)

@@ -5,14 +5,17 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // attachment is what one interface's pins hold, opened.
 type attachment struct {
+	dir     string
 	ifindex int
 	stats   *ebpf.Map
 	xdp     link.Link
@@ -22,7 +25,7 @@ type attachment struct {
 }
 
 func loadAttachment(dir string, ifindex int) (*attachment, error) {
-	a := &attachment{ifindex: ifindex}
+	a := &attachment{dir: dir, ifindex: ifindex}
 	var err error
 	if a.stats, err = ebpf.LoadPinnedMap(filepath.Join(dir, pinStats), nil); err != nil {
 		return nil, fmt.Errorf("open counters: %w", err)
@@ -66,6 +69,65 @@ func (a *attachment) egress() string {
 	return ""
 }
 
+// runsCurrentPrograms reports whether every program attached through a is
+// one this binary carries, comparing kernel tags with the compiled specs
+// (ProgramSpec.Compatible) without loading anything: an Apply that changes
+// nothing stays cheap. false may also mean the tags could not be matched
+// (a kernel computing them otherwise); the caller then loads the programs and
+// compares as programsChanged does, so false never skips an upgrade.
+func (a *attachment) runsCurrentPrograms(l netlink.Link) (bool, error) {
+	spec, _, err := specs()
+	if err != nil {
+		return false, err
+	}
+	_, xdpID, err := linkIfindex(a.xdp)
+	if err != nil {
+		return false, err
+	}
+	ids := []ebpf.ProgramID{xdpID}
+	switch {
+	case a.tc != nil:
+		info, err := a.tc.Info()
+		if err != nil {
+			return false, fmt.Errorf("read TC link: %w", err)
+		}
+		ids = append(ids, info.Program)
+	case a.legacy && l != nil:
+		id, err := legacyProgramID(l)
+		if err != nil {
+			return false, err
+		}
+		ids = append(ids, id)
+	}
+	for _, id := range ids {
+		prog, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			return false, fmt.Errorf("open attached program %d: %w", id, err)
+		}
+		info, err := prog.Info()
+		prog.Close()
+		if err != nil {
+			return false, fmt.Errorf("read attached program %d: %w", id, err)
+		}
+		if !matchesSpec(spec, info) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// matchesSpec reports whether a loaded program is one of spec's: same type,
+// same name (the kernel keeps 15 bytes of it), same kernel tag.
+func matchesSpec(spec *ebpf.CollectionSpec, info *ebpf.ProgramInfo) bool {
+	for _, ps := range spec.Programs {
+		name := ps.Name[:min(len(ps.Name), unix.BPF_OBJ_NAME_LEN-1)]
+		if ps.Type == info.Type && name == info.Name && ps.Compatible(info) == nil {
+			return true
+		}
+	}
+	return false
+}
+
 // programsChanged reports whether the attached XDP program differs from
 // next, a freshly loaded instance of the one this binary carries: then attach
 // is an upgrade. Both tags are the kernel's, computed the same way.
@@ -107,9 +169,9 @@ func (a *attachment) replaceTC(l netlink.Link, prog *ebpf.Program) error {
 	return nil
 }
 
-// detach takes away everything attach made for this interface. l is nil
-// when the interface is gone (its hooks went with it).
-func (a *attachment) detach(l netlink.Link) error {
+// detachTC takes the egress program away and its pins or records. l is
+// nil when the interface is gone (its hooks went with it).
+func (a *attachment) detachTC(l netlink.Link) error {
 	var errs []error
 	if a.tc != nil {
 		if err := a.tc.Unpin(); err != nil {
@@ -118,15 +180,30 @@ func (a *attachment) detach(l netlink.Link) error {
 		if err := a.tc.Detach(); err != nil && l != nil {
 			errs = append(errs, fmt.Errorf("detach TC link: %w", err))
 		}
+		a.tc.Close()
+		a.tc = nil
 	}
-	if a.legacy && l != nil {
-		if err := netlink.FilterDel(legacyFilter(l.Attrs().Index, -1)); err != nil {
-			errs = append(errs, fmt.Errorf("delete cls_bpf filter: %w", err))
+	if a.legacy {
+		if l != nil {
+			if err := netlink.FilterDel(legacyFilter(l.Attrs().Index, -1)); err != nil {
+				errs = append(errs, fmt.Errorf("delete cls_bpf filter: %w", err))
+			}
+			if a.clsact {
+				errs = append(errs, delClsact(l))
+			}
 		}
-		if a.clsact {
-			errs = append(errs, delClsact(l))
+		if err := os.RemoveAll(filepath.Join(a.dir, tcLegacyDir)); err != nil {
+			errs = append(errs, err)
 		}
+		a.legacy, a.clsact = false, false
 	}
+	return errors.Join(errs...)
+}
+
+// detach takes away everything attach made for this interface. l is nil
+// when the interface is gone (its hooks went with it).
+func (a *attachment) detach(l netlink.Link) error {
+	errs := []error{a.detachTC(l)}
 	if err := a.xdp.Unpin(); err != nil {
 		errs = append(errs, err)
 	}
@@ -136,53 +213,118 @@ func (a *attachment) detach(l netlink.Link) error {
 	return errors.Join(errs...)
 }
 
-// Detach removes all that attach made for the named interface; when no
-// interface is left, the shared maps and the pin directory go too.
-func (g *Guard) Detach(name string) error {
-	l, err := lookupLink(name)
+// linkIfindex is the ifindex an XDP link holds its program on; 0 when the
+// link is defunct (its interface, or that interface's namespace, is gone).
+func linkIfindex(xl link.Link) (int, ebpf.ProgramID, error) {
+	info, err := xl.Info()
 	if err != nil {
-		return fmt.Errorf("detach: %w", err)
+		return 0, 0, fmt.Errorf("read XDP link: %w", err)
 	}
-	if err := g.detachIndex(l.Attrs().Index, l); err != nil {
-		return fmt.Errorf("detach %s: %w", name, err)
+	x := info.XDP()
+	if x == nil {
+		return 0, 0, fmt.Errorf("pinned XDP link %d is a %v link", info.ID, info.Type)
 	}
-	return g.removeIfUnused()
+	return int(x.Ifindex), info.Program, nil
 }
 
-// DetachAll detaches every interface, including ones that no longer exist,
-// and removes the pin directory.
-func (g *Guard) DetachAll() error {
-	ifs, err := g.attachedIfindexes()
+// entryDefunct reports whether an entry protects nothing: its XDP link is
+// defunct, or missing (an attach that crashed half-way).
+func entryDefunct(dir string) (bool, error) {
+	xl, err := link.LoadPinnedLink(filepath.Join(dir, pinXDPLink), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("open XDP link in %s: %w", dir, err)
+	}
+	defer xl.Close()
+	idx, _, err := linkIfindex(xl)
+	if err != nil {
+		return false, err
+	}
+	return idx == 0, nil
+}
+
+// removeDefunct removes the pins of an entry that protects nothing.
+func removeDefunct(e entry) error {
+	if a, err := loadAttachment(e.dir, e.ifindex); err == nil {
+		a.detach(nil)
+		a.close()
+	}
+	if err := os.RemoveAll(e.dir); err != nil {
+		return fmt.Errorf("remove defunct state %s: %w", e.dir, err)
+	}
+	return nil
+}
+
+// isHere reports whether a's XDP link holds the program that is attached at
+// its ifindex in the calling thread's namespace: links name an ifindex but no
+// namespace, and ifindexes repeat across namespaces, but each attach loads a
+// program of its own, so a program id names one attachment.
+func (a *attachment) isHere() (bool, error) {
+	idx, prog, err := linkIfindex(a.xdp)
+	if err != nil || idx == 0 {
+		return false, err
+	}
+	l, err := netlink.LinkByIndex(idx)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
+			return false, nil
+		}
+		return false, fmt.Errorf("read ifindex %d: %w", idx, err)
+	}
+	x := l.Attrs().Xdp
+	return x != nil && x.Attached && ebpf.ProgramID(x.ProgId) == prog, nil
+}
+
+// migrateOldLayout moves the entries of the layout before netns/
+// (<pin>/ifaces/<ifindex>) that belong to the calling thread's namespace into
+// <pin>/netns/<inode>/<ifindex>. A rename moves pins, not what they hold:
+// the links stay attached throughout, so an upgrade has no gap. Entries of
+// other namespaces stay where they are until xdpguard runs there (status
+// lists them with netns 0); defunct ones are removed.
+func (g *Guard) migrateOldLayout() error {
+	old, err := listIfindexes(filepath.Join(g.pinPath, oldIfacesDir))
+	if err != nil || len(old) == 0 {
+		return err
+	}
+	ns, err := CurrentNetns()
 	if err != nil {
 		return err
 	}
-	var errs []error
-	for _, idx := range ifs {
-		l, _ := netlink.LinkByIndex(idx)
-		if err := g.detachIndex(idx, l); err != nil {
-			errs = append(errs, fmt.Errorf("detach ifindex %d: %w", idx, err))
+	for _, idx := range old {
+		e := entry{ifindex: idx, dir: filepath.Join(g.pinPath, oldIfacesDir, strconv.Itoa(idx))}
+		if defunct, err := entryDefunct(e.dir); err != nil {
+			return fmt.Errorf("upgrade %s: %w", e.dir, err)
+		} else if defunct {
+			if err := removeDefunct(e); err != nil {
+				return err
+			}
+			continue
+		}
+		a, err := loadAttachment(e.dir, idx)
+		if err != nil {
+			return fmt.Errorf("upgrade %s: %w", e.dir, err)
+		}
+		here, err := a.isHere()
+		a.close()
+		if err != nil {
+			return fmt.Errorf("upgrade %s: %w", e.dir, err)
+		}
+		if !here {
+			continue
+		}
+		if err := os.MkdirAll(g.netnsPath(ns), sharedPinMode); err != nil {
+			return fmt.Errorf("upgrade %s: %w", e.dir, err)
+		}
+		if err := os.Rename(e.dir, g.ifaceDir(ns, idx)); err != nil {
+			return fmt.Errorf("upgrade %s: move it to %s: %w", e.dir, g.ifaceDir(ns, idx), err)
 		}
 	}
-	errs = append(errs, g.removeIfUnused())
-	return errors.Join(errs...)
-}
-
-func (g *Guard) detachIndex(ifindex int, l netlink.Link) error {
-	dir := g.ifaceDir(ifindex)
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		return ErrNotAttached
-	}
-	a, err := loadAttachment(dir, ifindex)
-	if err != nil {
-		// Half-made state (a crash mid-attach): remove what is there.
-		return errors.Join(err, os.RemoveAll(dir))
-	}
-	defer a.close()
-	if err := a.detach(l); err != nil {
-		return err
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("remove %s: %w", dir, err)
+	// Gone once the last namespace has upgraded; kept while others have not.
+	if err := os.Remove(filepath.Join(g.pinPath, oldIfacesDir)); err != nil && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("upgrade: remove %s: %w", oldIfacesDir, err)
 	}
 	return nil
 }

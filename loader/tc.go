@@ -36,7 +36,7 @@ func (g *Guard) attachTC(l netlink.Link, dir string, prog *ebpf.Program, backend
 				return "", fmt.Errorf("pin TC link: %w", err)
 			}
 			t.onFail(func() { tl.Unpin() })
-			if err := failpoint("tc"); err != nil {
+			if err := t.fail("tc"); err != nil {
 				return "", err
 			}
 			return TCX, nil
@@ -65,7 +65,7 @@ func (g *Guard) attachTC(l netlink.Link, dir string, prog *ebpf.Program, backend
 			return "", fmt.Errorf("record legacy TC: %w", err)
 		}
 	}
-	if err := failpoint("tc"); err != nil {
+	if err := t.fail("tc"); err != nil {
 		return "", err
 	}
 	return TCLegacy, nil
@@ -119,7 +119,12 @@ func legacyFilter(ifindex, fd int) *netlink.BpfFilter {
 
 // legacyProgramID finds the program of our cls_bpf filter, 0 if none.
 func legacyProgramID(l netlink.Link) (ebpf.ProgramID, error) {
-	filters, err := netlink.FilterList(l, netlink.HANDLE_MIN_EGRESS)
+	return legacyProgramIDAt(&netlink.Handle{}, l)
+}
+
+// legacyProgramIDAt is legacyProgramID through h, in h's namespace.
+func legacyProgramIDAt(h *netlink.Handle, l netlink.Link) (ebpf.ProgramID, error) {
+	filters, err := h.FilterList(l, netlink.HANDLE_MIN_EGRESS)
 	if err != nil {
 		return 0, fmt.Errorf("list egress filters: %w", err)
 	}

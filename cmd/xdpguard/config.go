@@ -53,20 +53,13 @@ nothing. A prefix with host bits set (10.1.2.3/8) is refused.`,
 			if err != nil {
 				return usageError{err.Error()}
 			}
-			return withConfig(c, action == "add", func(g *loader.Guard) error {
-				if action == "add" {
-					if err := g.Maps.AllowAdd(ps); err != nil {
-						return err
-					}
-					fmt.Fprintf(c.stdout, "allowed %d prefix(es)\n", len(ps))
-					return nil
-				}
-				if err := g.Maps.AllowDel(ps); err != nil {
-					return err
-				}
-				fmt.Fprintf(c.stdout, "removed %d prefix(es)\n", len(ps))
-				return nil
-			})
+			want := loader.DesiredState{AllowAdd: ps}
+			done := fmt.Sprintf("allowed %d prefix(es)", len(ps))
+			if action == "del" {
+				want = loader.DesiredState{AllowDel: ps}
+				done = fmt.Sprintf("removed %d prefix(es)", len(ps))
+			}
+			return changeAllow(c, action == "add", want, loader.ApplyScope{AllowEdit: true}, done)
 		case "load":
 			if len(rest) != 1 {
 				return usagef("allow load takes one FILE ('-' for standard input)")
@@ -75,13 +68,8 @@ nothing. A prefix with host bits set (10.1.2.3/8) is refused.`,
 			if err != nil {
 				return err
 			}
-			return withConfig(c, true, func(g *loader.Guard) error {
-				if err := g.Maps.AllowAdd(ps); err != nil {
-					return err
-				}
-				fmt.Fprintf(c.stdout, "allowed %d prefix(es) from %s\n", len(ps), rest[0])
-				return nil
-			})
+			return changeAllow(c, true, loader.DesiredState{AllowAdd: ps}, loader.ApplyScope{AllowEdit: true},
+				fmt.Sprintf("allowed %d prefix(es) from %s", len(ps), rest[0]))
 		case "list":
 			if len(rest) > 0 {
 				return usagef("allow list takes no arguments")
@@ -106,16 +94,35 @@ nothing. A prefix with host bits set (10.1.2.3/8) is refused.`,
 			if len(rest) > 0 {
 				return usagef("allow flush takes no arguments")
 			}
-			return withConfig(c, false, func(g *loader.Guard) error {
-				if err := g.Maps.AllowFlush(); err != nil {
-					return err
-				}
-				fmt.Fprintln(c.stdout, "allow list flushed")
-				return nil
-			})
+			return changeAllow(c, false, loader.DesiredState{}, loader.ApplyScope{Allow: true}, "allow list flushed")
 		}
 		return usagef("unknown action %q: use add, del, list, load or flush", action)
 	},
+}
+
+// changeAllow changes the allow list in one Apply: additions before
+// deletions, and a failure changes nothing.
+func changeAllow(c *cli, create bool, want loader.DesiredState, scope loader.ApplyScope, done string) error {
+	return withConfig(c, create, func(g *loader.Guard) error {
+		if _, err := g.Apply(want, loader.ApplyOptions{Scope: scope}); err != nil {
+			return err
+		}
+		fmt.Fprintln(c.stdout, done)
+		return nil
+	})
+}
+
+// changeConfig applies edit to the live configuration in one Apply.
+func changeConfig(g *loader.Guard, edit func(*loader.Config) error) error {
+	cfg, err := g.Maps.ReadConfig()
+	if err != nil {
+		return err
+	}
+	if err := edit(&cfg); err != nil {
+		return err
+	}
+	_, err = g.Apply(loader.DesiredState{Config: cfg}, loader.ApplyOptions{Scope: loader.ApplyScope{Config: true}})
+	return err
 }
 
 // allowListJSON is `allow list --json`.
@@ -215,7 +222,7 @@ adding a port never unprotects another, even for an instant.`,
 			}
 			return withConfig(c, true, func(g *loader.Guard) error {
 				var left int
-				err := g.Maps.UpdateConfig(func(cfg *loader.Config) error {
+				err := changeConfig(g, func(cfg *loader.Config) error {
 					if action == "add" {
 						cfg.Ports = append(cfg.Ports, ports...)
 					} else {
@@ -297,7 +304,7 @@ func settingRun(name, choices string, parse func(string) (func(*loader.Config), 
 				return usageError{err.Error()}
 			}
 			return withConfig(c, true, func(g *loader.Guard) error {
-				if err := g.Maps.UpdateConfig(func(cfg *loader.Config) error { apply(cfg); return nil }); err != nil {
+				if err := changeConfig(g, func(cfg *loader.Config) error { apply(cfg); return nil }); err != nil {
 					return err
 				}
 				fmt.Fprintf(c.stdout, "%s %s\n", name, v)

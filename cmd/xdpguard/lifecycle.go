@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -24,10 +25,15 @@ egress program (tcx on Linux 6.6+, else a clsact qdisc and cls_bpf filter).
 
 Attaching an attached interface again changes nothing; if this xdpguard
 carries different programs (an upgrade), they replace the running ones
-atomically, with no gap. If any interface fails, every interface this
-command attached is taken back, and so is state it created.
+atomically, with no gap. The interfaces are those of the network namespace
+xdpguard runs in; state is kept per namespace, so the same name in another
+namespace is attached there separately. The whole command is one
+transaction: if any interface fails, everything it changed is taken back
+(interfaces it attached or upgraded, the mode, state it created) and the
+host is left as it was.
 
---monitor sets the host-wide mode to monitor (count would_drop, drop nothing);
+--monitor sets the host-wide mode to monitor (count would_drop, drop nothing)
+before the first interface is attached, so a new interface never drops;
 without it the mode is left as it is (enforce on a first attach).`,
 	example: `  sudo xdpguard attach eth0
   sudo xdpguard attach eth0 eth1 --egress
@@ -55,11 +61,15 @@ without it the mode is left as it is (enforce on a first attach).`,
 		if err != nil {
 			return usageError{err.Error()}
 		}
-		opts := loader.AttachOptions{Mode: mode, TCBackend: backend, Warn: c.warn}
-		opts.Egress, _ = fs.GetBool("egress")
-		opts.Force, _ = fs.GetBool("force")
-		opts.Reload, _ = fs.GetBool("reload")
+		egress, _ := fs.GetBool("egress")
+		force, _ := fs.GetBool("force")
+		reload, _ := fs.GetBool("reload")
 		monitor, _ := fs.GetBool("monitor")
+		want := loader.DesiredState{}
+		for _, name := range args {
+			want.Interfaces = append(want.Interfaces, loader.InterfaceSpec{Name: name, Mode: mode, Egress: egress, TCBackend: backend})
+		}
+		opts := loader.ApplyOptions{Scope: loader.ApplyScope{Interfaces: true}, Force: force, Reload: reload, Warn: c.warn}
 
 		g, err := c.open(true)
 		if err != nil {
@@ -67,48 +77,52 @@ without it the mode is left as it is (enforce on a first attach).`,
 		}
 		defer g.Close()
 		if monitor {
-			// Before the first attach, so no packet is ever dropped.
-			err := g.Maps.UpdateConfig(func(cfg *loader.Config) error { cfg.Mode = loader.ModeMonitor; return nil })
-			if err != nil {
+			if want.Config, err = g.Maps.ReadConfig(); err != nil {
 				return err
 			}
+			want.Config.Mode = loader.ModeMonitor
+			opts.Scope.Config = true
 		}
-		var made []string
-		for _, name := range args {
-			res, err := g.Attach(name, opts)
-			if err != nil {
-				for _, m := range made {
-					if derr := g.Detach(m); derr != nil {
-						c.warn(fmt.Sprintf("roll back %s: %v", m, derr))
-					}
-				}
-				return err
-			}
-			if res.Action == "attached" {
-				made = append(made, name)
-			}
-			egress := "no egress"
-			if res.Egress != "" {
-				egress = "egress via " + res.Egress
-			}
-			fmt.Fprintf(c.stdout, "%s: %s (xdp %s, %s)\n", name, res.Action, res.Mode, egress)
+		changes, err := g.Apply(want, opts)
+		if err != nil {
+			return err
 		}
+		printChanges(c, changes, args, "unchanged")
 		return nil
 	},
+}
+
+// printChanges prints one line per change, and for each of names that did
+// not change, "NAME: same".
+func printChanges(c *cli, changes []loader.Change, names []string, same string) {
+	changed := map[string]bool{}
+	for _, ch := range changes {
+		fmt.Fprintln(c.stdout, ch)
+		changed[ch.Interface] = true
+	}
+	for _, n := range names {
+		if !changed[n] {
+			fmt.Fprintf(c.stdout, "%s: %s\n", n, same)
+		}
+	}
 }
 
 var detachCmd = &command{
 	name:    "detach",
 	args:    "IFACE... | --all",
 	summary: "remove xdpguard from interfaces",
-	help: `Removes everything attach made on each interface: links, programs, counters,
-and a clsact qdisc it added. When no interface is left, the shared maps
-(config, allow lists, fragment table) and the pin directory go too.
---all also cleans up after interfaces that no longer exist.`,
+	help: `Removes everything attach made on each interface of this network namespace:
+links, programs, counters, and a clsact qdisc it added. Only this namespace's
+attachments are ever touched: the same interface name (and ifindex) in
+another namespace is another interface, and keeps its protection. When no
+namespace has an interface left, the shared maps (config, allow lists,
+fragment table) and the pin directory go too.
+--all detaches every interface of this namespace, and also cleans up after
+interfaces that no longer exist.`,
 	example: `  sudo xdpguard detach eth0
   sudo xdpguard detach --all`,
 	flags: func(fs *pflag.FlagSet) {
-		fs.Bool("all", false, "detach every interface and remove all state")
+		fs.Bool("all", false, "detach every interface of this network namespace")
 	},
 	run: func(c *cli, fs *pflag.FlagSet, args []string) error {
 		all, _ := fs.GetBool("all")
@@ -128,18 +142,23 @@ and a clsact qdisc it added. When no interface is left, the shared maps
 		}
 		defer g.Close()
 		if all {
-			if err := g.DetachAll(); err != nil {
+			changes, err := g.DetachAll()
+			if err != nil {
 				return err
+			}
+			printChanges(c, changes, nil, "")
+			if _, err := os.Stat(c.pinPath); err == nil {
+				fmt.Fprintln(c.stdout, "detached all in this network namespace; other namespaces' attachments and the shared state stay")
+				return nil
 			}
 			fmt.Fprintln(c.stdout, "detached all; state removed")
 			return nil
 		}
-		for _, name := range args {
-			if err := g.Detach(name); err != nil {
-				return err
-			}
-			fmt.Fprintf(c.stdout, "%s: detached\n", name)
+		changes, err := g.Detach(args...)
+		if err != nil {
+			return err
 		}
+		printChanges(c, changes, nil, "")
 		return nil
 	},
 }
@@ -210,7 +229,7 @@ func readConfigReport(g *loader.Guard) (configReport, error) {
 	if err != nil {
 		return configReport{}, err
 	}
-	v4, v6, err := g.Maps.AllowCount()
+	v4, v6, err := g.AllowCounts()
 	if err != nil {
 		return configReport{}, err
 	}

@@ -178,6 +178,16 @@ func TestCLIInNamespace(t *testing.T) {
 		t.Fatalf("second attach output: %q", out)
 	}
 
+	// A failed attach --monitor takes everything back, the mode included:
+	// it used to leave the whole host in monitor, passing attacks.
+	code, _, errb = cli("attach", "xg1", "nosuch0", "--monitor")
+	if code != exitFailed || !strings.Contains(errb, `"nosuch0"`) {
+		t.Fatalf("attach xg1 nosuch0 --monitor: exit %d, %q; want 1 naming nosuch0", code, errb)
+	}
+	if out := mustCLI("mode"); out != "enforce\n" {
+		t.Fatalf("mode after a failed attach --monitor: %q, want enforce", out)
+	}
+
 	var st statusReport
 	if err := json.Unmarshal([]byte(mustCLI("status", "--json")), &st); err != nil {
 		t.Fatal(err)

@@ -45,9 +45,9 @@ func printStatus(w io.Writer, pinPath string, rep statusReport) {
 		return
 	}
 	tw = table(w)
-	fmt.Fprintln(tw, "INTERFACE\tIFINDEX\tHOOK\tMODE\tPROGRAM")
+	fmt.Fprintln(tw, "INTERFACE\tIFINDEX\tNETNS\tHOOK\tMODE\tPROGRAM")
 	for _, a := range rep.Attachments {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\n", a.Interface, a.Ifindex, a.Hook, a.Mode, a.ProgramID)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\n", a.Interface, a.Ifindex, netnsLabel(a), a.Hook, a.Mode, a.ProgramID)
 	}
 	tw.Flush()
 }
@@ -90,4 +90,16 @@ func printPrometheus(w io.Writer, st []loader.InterfaceStats) {
 // promEscape escapes a label value: interface names may hold a quote.
 func promEscape(s string) string {
 	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s)
+}
+
+// netnsLabel names an attachment's network namespace by its inode, marking
+// the one status runs in.
+func netnsLabel(a loader.Attachment) string {
+	switch {
+	case a.Netns == 0:
+		return "unknown (pinned by an older release: attach in its namespace upgrades it)"
+	case a.Here:
+		return fmt.Sprintf("%d (this one)", a.Netns)
+	}
+	return fmt.Sprint(a.Netns)
 }

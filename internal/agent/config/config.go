@@ -12,8 +12,10 @@ package config
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net"
 	"net/netip"
@@ -78,6 +80,9 @@ type Config struct {
 	MetricsListen  string
 	OnStop         OnStop
 	ResyncInterval time.Duration // 0: no periodic resync
+	// Digest is a SHA-256 over the config file's and every allow-list
+	// file's contents: equal digests, nothing to reload.
+	Digest [sha256.Size]byte
 }
 
 // Interfaces says which interfaces to protect, and how.
@@ -208,7 +213,7 @@ func Parse(file string, data []byte) (*Config, error) {
 		p.add(root, "interfaces.include", `missing: name the interfaces to protect, e.g. include: ["eth*"], or ["*"] for every interface`)
 	}
 	if len(p.errs) == 0 {
-		c.Allow.All = p.loadAllow(root, c.Allow)
+		c.Allow.All, c.Digest = p.loadAllow(data, c.Allow)
 	}
 	if len(p.errs) > 0 {
 		return nil, errors.Join(p.errs...)
@@ -549,12 +554,21 @@ func (p *parser) allowFiles(n *yaml.Node, field string) []string {
 	return out
 }
 
-// loadAllow reads every allow-list file and returns the whole allow list.
-func (p *parser) loadAllow(root *yaml.Node, a Allow) []netip.Prefix {
+// loadAllow reads every allow-list file and returns the whole allow list,
+// and the digest of the config (data) and those files.
+func (p *parser) loadAllow(data []byte, a Allow) ([]netip.Prefix, [sha256.Size]byte) {
+	h := sha256.New()
+	writeDigest(h, p.file, data)
 	all := slices.Clone(a.Prefixes)
 	for _, file := range a.Files {
 		ref := p.allowLines[file]
-		ps, err := readPrefixes(file)
+		content, err := os.ReadFile(file)
+		if err != nil {
+			p.errs = append(p.errs, &Error{File: p.file, Line: ref.line, Field: ref.field, Msg: fmt.Sprintf("allow-list file: %v", err)})
+			continue
+		}
+		writeDigest(h, file, content)
+		ps, err := loader.ParsePrefixes(bytes.NewReader(content), file)
 		if err != nil {
 			p.errs = append(p.errs, &Error{File: p.file, Line: ref.line, Field: ref.field, Msg: err.Error()})
 			continue
@@ -562,16 +576,16 @@ func (p *parser) loadAllow(root *yaml.Node, a Allow) []netip.Prefix {
 		all = append(all, ps...)
 	}
 	slices.SortFunc(all, comparePrefix)
-	return slices.Compact(all)
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	return slices.Compact(all), sum
 }
 
-func readPrefixes(file string) ([]netip.Prefix, error) {
-	f, err := os.Open(file)
-	if err != nil {
-		return nil, fmt.Errorf("allow-list file: %w", err)
-	}
-	defer f.Close()
-	return loader.ParsePrefixes(f, file)
+// writeDigest adds one named file to h, length-prefixed so that no two
+// sets of files hash alike.
+func writeDigest(h hash.Hash, name string, content []byte) {
+	fmt.Fprintf(h, "%d:%s:%d:", len(name), name, len(content))
+	h.Write(content)
 }
 
 func comparePrefix(a, b netip.Prefix) int {

@@ -87,6 +87,7 @@ resync_interval: 30s
 		OnStop:         OnStopDetach,
 		ResyncInterval: 30 * time.Second,
 	}
+	want.Digest = c.Digest // TestDigest checks it
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("got  %+v\nwant %+v", c, want)
 	}
@@ -231,17 +232,17 @@ func TestMatch(t *testing.T) {
 	}{
 		{in, "eth0", true, "matches eth*"},
 		{in, "eth10", true, "matches eth*"},
-		{in, "eth9", false, "excluded by eth9*"},
-		{in, "eth99", false, "excluded by eth9*"},
+		{in, "eth9", false, "is excluded by eth9*"},
+		{in, "eth99", false, "is excluded by eth9*"},
 		{in, "bond0", true, "matches bond0"},
 		{in, "bond1", false, "matches no include pattern"},
 		{in, "veth1", true, "matches veth?"},
 		{in, "veth12", false, "matches no include pattern"},
-		{in, "docker0", false, "excluded by docker*"},
+		{in, "docker0", false, "is excluded by docker*"},
 		{all, "docker0", true, "matches *"},
-		{all, "lo", false, `loopback is protected only when include names "lo"`},
+		{all, "lo", false, `is loopback, protected only when include names "lo"`},
 		{withLo, "lo", true, "matches lo"},
-		{loExcluded, "lo", false, "excluded by l*"},
+		{loExcluded, "lo", false, "is excluded by l*"},
 		{Interfaces{}, "eth0", false, "matches no include pattern"},
 	} {
 		ok, why := tc.in.Match(tc.name)
@@ -284,5 +285,37 @@ func TestShippedExample(t *testing.T) {
 	}
 	if c.OnStop != OnStopKeep || c.MetricsListen != DefaultMetricsListen {
 		t.Errorf("example should show the defaults for on_stop and metrics.listen: %+v", c)
+	}
+}
+
+// TestDigest: the digest changes with the config file and with an allow-list
+// file, and only then.
+func TestDigest(t *testing.T) {
+	path := write(t, "interfaces:\n  include: [eth0]\nallow:\n  files: [a.txt]\n", map[string]string{"a.txt": "192.0.2.0/24\n"})
+	load := func() [32]byte {
+		t.Helper()
+		c, err := Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Digest
+	}
+	d0 := load()
+	if load() != d0 {
+		t.Fatal("same files, different digest")
+	}
+	allow := filepath.Join(filepath.Dir(path), "a.txt")
+	if err := os.WriteFile(allow, []byte("192.0.2.0/24\n# a comment\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d1 := load()
+	if d1 == d0 {
+		t.Fatal("allow-list file changed, digest did not")
+	}
+	if err := os.WriteFile(path, []byte("interfaces:\n  include: [eth0]\nallow:\n  files: [a.txt]\nmode: enforce\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if load() == d1 {
+		t.Fatal("config changed, digest did not")
 	}
 }

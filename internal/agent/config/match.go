@@ -6,7 +6,8 @@ import (
 )
 
 // Match says whether the interface called name is to be protected, and
-// why, in words fit for a log line ("matches eth*", "excluded by docker*").
+// why, in words that follow an interface's name in a log line ("matches
+// eth*", "is excluded by docker*").
 //
 // An exclude pattern wins over every include. "lo" is matched only when an
 // include names it exactly: a glob such as "*" never selects loopback, where
@@ -15,7 +16,7 @@ import (
 func (in Interfaces) Match(name string) (bool, string) {
 	for _, pat := range in.Exclude {
 		if ok, _ := path.Match(pat, name); ok {
-			return false, fmt.Sprintf("excluded by %s", pat)
+			return false, fmt.Sprintf("is excluded by %s", pat)
 		}
 	}
 	for _, pat := range in.Include {
@@ -28,7 +29,7 @@ func (in Interfaces) Match(name string) (bool, string) {
 		return true, fmt.Sprintf("matches %s", pat)
 	}
 	if name == Loopback {
-		return false, `loopback is protected only when include names "lo"`
+		return false, `is loopback, protected only when include names "lo"`
 	}
 	return false, "matches no include pattern"
 }
