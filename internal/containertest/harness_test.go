@@ -111,6 +111,7 @@ type node struct {
 	configDir string // the ConfigMap's files, adapted
 	hostPin   string // pin_path on the host
 	podPin    string // pin_path in the pod
+	cfg       *config.Config    // the adapted config, as the agent reads it
 	caps      []corev1.Capability
 	env       map[string]string // overrides of the DaemonSet's env
 }
@@ -175,6 +176,7 @@ func newNode(t *testing.T, netns string, ifaces []string) *node {
 	if cfg.PinPath != n.podPin || !slices.Equal(cfg.Interfaces.Include, ifaces) || len(cfg.Interfaces.Exclude) != 0 {
 		t.Fatalf("overrides did not take: pin_path %s, include %v, exclude %v", cfg.PinPath, cfg.Interfaces.Include, cfg.Interfaces.Exclude)
 	}
+	n.cfg = cfg
 	return n
 }
 
@@ -296,12 +298,14 @@ func (p *pod) running() (bool, error) {
 	return out == "true", err
 }
 
+// logs is what the agent wrote (podman logs passes the container's stderr
+// through its own).
 func (p *pod) logs() string {
-	out, err := podman("logs", p.name)
+	out, err := exec.Command("podman", append(slices.Clone(podmanGlobal), "logs", p.name)...).CombinedOutput()
 	if err != nil {
-		return err.Error()
+		return fmt.Sprintf("podman logs %s: %v: %s", p.name, err, out)
 	}
-	return out
+	return string(out)
 }
 
 // exec runs a command in the pod, as `kubectl exec` does.
