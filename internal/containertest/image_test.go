@@ -207,3 +207,71 @@ func TestImageReproducible(t *testing.T) {
 	}
 	t.Logf("rebuilt from scratch in %v (Go build cache empty): same image id and digest %s", took.Round(time.Millisecond), got)
 }
+
+// The ConfigMap as shipped, mounted where the DaemonSet mounts it, is one
+// the agent in the image accepts (`xdpguard agent --check-config`, no
+// capabilities, no network); a broken copy is refused with its file and
+// line, so the check can fail.
+func TestConfigMapCheckedInImage(t *testing.T) {
+	requireImage(t)
+	m, c := manifests(t)
+	var mount string
+	for _, vm := range c.VolumeMounts {
+		for _, v := range m.DaemonSet.Spec.Template.Spec.Volumes {
+			if v.Name == vm.Name && v.ConfigMap != nil {
+				mount = vm.MountPath
+			}
+		}
+	}
+	if mount == "" {
+		t.Fatal("the DaemonSet mounts no ConfigMap")
+	}
+	var cfgArg string
+	for i, a := range c.Args {
+		if a == "--config" && i+1 < len(c.Args) {
+			cfgArg = c.Args[i+1]
+		}
+	}
+	if filepath.Dir(cfgArg) != mount {
+		t.Fatalf("the agent's --config %q is not in the ConfigMap's mount %s", cfgArg, mount)
+	}
+	check := func(dir string) (string, error) {
+		args := append([]string{"run", "--rm", "--network", "none", "--cap-drop", "all", "--read-only", "--read-only-tmpfs=false",
+			"--volume", dir + ":" + mount + ":ro"}, podmanRunVM...)
+		args = append(args, "--entrypoint", c.Command[0], c.Image, "agent", "--check-config", cfgArg)
+		return podman(args...)
+	}
+	dir := t.TempDir()
+	if _, err := m.WriteConfigMap(dir); err != nil {
+		t.Fatal(err)
+	}
+	out, err := check(dir)
+	if err != nil {
+		t.Fatalf("the agent in the image refuses the ConfigMap: %v", err)
+	}
+	t.Logf("%s", out)
+
+	broken := t.TempDir()
+	if _, err := m.WriteConfigMap(broken); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(broken, deploytest.ConfigKey)
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := strings.Replace(string(raw), "\nmode: enforce\n", "\nmode: enforcing\n", 1)
+	if bad == string(raw) {
+		t.Fatal("the config has no line `mode: enforce` to break")
+	}
+	if err := os.WriteFile(file, []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = check(broken)
+	if err == nil {
+		t.Fatalf("the agent accepts mode: enforcing:\n%s", out)
+	}
+	if !strings.Contains(err.Error(), cfgArg+":") || !strings.Contains(err.Error(), "mode") {
+		t.Errorf("the refusal does not name the file, line and field: %v", err)
+	}
+}
