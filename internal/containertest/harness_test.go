@@ -114,6 +114,10 @@ type node struct {
 	cfg       *config.Config    // the adapted config, as the agent reads it
 	caps      []corev1.Capability
 	env       map[string]string // overrides of the DaemonSet's env
+	// unconfined runs without the runtime's default seccomp profile (the
+	// DaemonSet asks for RuntimeDefault): only to tell the kernel's checks
+	// from the profile's.
+	unconfined bool
 }
 
 // includeLine and friends are the lines of the shipped config the test
@@ -203,6 +207,9 @@ func (n *node) runArgs(name string) ([]string, error) {
 	}
 	if sc.ReadOnlyRootFilesystem != nil && *sc.ReadOnlyRootFilesystem {
 		args = append(args, "--read-only", "--read-only-tmpfs=false")
+	}
+	if n.unconfined {
+		args = append(args, "--security-opt", "seccomp=unconfined")
 	}
 	if sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation {
 		args = append(args, "--security-opt", "no-new-privileges")
