@@ -372,3 +372,62 @@ func waitReady(t *testing.T, ns *nstest.NS, addr netip.AddrPort, p *pod, n *node
 		t.Fatalf("%v\nlogs of %s:\n%s", err, p.name, p.logs())
 	}
 }
+
+// memory is the pod's memory cgroup's usage now and at its peak, BPF maps
+// the pod created included (Linux 5.11+ charges them to the creator's
+// cgroup), and the agent's own peak RSS.
+func (p *pod) memory() (current, peak, rss uint64, err error) {
+	pidStr, err := podman("inspect", "--format", "{{.State.Pid}}", p.name)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	cg, err := os.ReadFile("/proc/" + pidStr + "/cgroup")
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	readUint := func(path string) (uint64, error) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return 0, err
+		}
+		return strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	}
+	for _, line := range strings.Split(string(cg), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		switch {
+		case f[1] == "memory": // cgroup v1
+			dir := filepath.Join("/sys/fs/cgroup/memory", f[2])
+			if current, err = readUint(filepath.Join(dir, "memory.usage_in_bytes")); err == nil {
+				peak, err = readUint(filepath.Join(dir, "memory.max_usage_in_bytes"))
+			}
+		case f[0] == "0" && f[1] == "": // cgroup v2
+			dir := filepath.Join("/sys/fs/cgroup", f[2])
+			if current, err = readUint(filepath.Join(dir, "memory.current")); err == nil {
+				peak, err = readUint(filepath.Join(dir, "memory.peak"))
+			}
+		default:
+			continue
+		}
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		status, err := os.ReadFile("/proc/" + pidStr + "/status")
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		for _, l := range strings.Split(string(status), "\n") {
+			if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+				kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+				if err != nil {
+					return 0, 0, 0, err
+				}
+				rss = kb << 10
+			}
+		}
+		return current, peak, rss, nil
+	}
+	return 0, 0, 0, fmt.Errorf("no memory cgroup for %s in /proc/%s/cgroup", p.name, pidStr)
+}

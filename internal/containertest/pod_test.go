@@ -297,6 +297,23 @@ func TestDaemonSetPod(t *testing.T) {
 		t.Fatalf("the pod's pins are not in the host's bpffs at %s: %v", p.node.hostPin, err)
 	}
 
+	// The footprint the DaemonSet's resources are set from: the pod that
+	// created the maps carries them in its memory cgroup.
+	memLimit := p.node.c.Resources.Limits.Memory().Value()
+	reportMemory := func(who string, pd *pod) {
+		cur, peak, rss, err := pd.memory()
+		if err != nil {
+			t.Errorf("memory of %s: %v", who, err)
+			return
+		}
+		t.Logf("memory of %s: cgroup %.1f MiB now, %.1f MiB peak (BPF maps it created included); agent peak RSS %.1f MiB; limit %d MiB",
+			who, float64(cur)/(1<<20), float64(peak)/(1<<20), float64(rss)/(1<<20), memLimit>>20)
+		if peak > uint64(memLimit)/2 {
+			t.Errorf("%s peaked at %d bytes, over half its limit %d: raise the DaemonSet's limit", who, peak, memLimit)
+		}
+	}
+	reportMemory("the first pod", a)
+
 	t.Run("requests dropped", func(t *testing.T) {
 		base, d0 := p.gets(t), p.waitDrops(t, 0, "stats")
 		p.send(t, 100)
@@ -327,6 +344,7 @@ func TestDaemonSetPod(t *testing.T) {
 		defer f.end()
 		d := p.waitDrops(t, d0+1000, "the flood to reach refl0 with the old pod running")
 
+		reportMemory("the first pod under flood", a)
 		code, err := a.stop(grace)
 		if err != nil {
 			t.Fatal(err)
@@ -347,6 +365,7 @@ func TestDaemonSetPod(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		reportMemory("the adopting pod", b)
 
 		// Every frame the flood sent is accounted for as dropped, by
 		// xdpguard or by the veth before it, and memcached saw none.
@@ -485,4 +504,49 @@ func TestCapabilitiesNeeded(t *testing.T) {
 			t.Errorf("refl0 has XDP program %d (%v) from a pod without NET_ADMIN", id, err)
 		}
 	})
+}
+
+// The README's removal: on_stop: detach in the config, and the pod, told to
+// stop, takes everything away within the DaemonSet's grace period.
+func TestRemovalWithOnStopDetach(t *testing.T) {
+	requireImage(t)
+	p := newPodLab(t)
+	file := filepath.Join(p.node.configDir, deploytest.ConfigKey)
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edited := strings.Replace(string(raw), "\non_stop: keep\n", "\non_stop: detach\n", 1)
+	if edited == string(raw) {
+		t.Fatal("the config has no line `on_stop: keep` for the README's removal to change")
+	}
+	if err := os.WriteFile(file, []byte(edited), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a := startPod(t, p.node)
+	nstest.Eventually(t, 30*time.Second, "the pod to attach", func() (bool, error) {
+		id, err := p.xdpProgram()
+		return id != 0, err
+	})
+	grace := *p.node.m.DaemonSet.Spec.Template.Spec.TerminationGracePeriodSeconds
+	start := time.Now()
+	code, err := a.stop(grace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	if code != 0 || took >= time.Duration(grace)*time.Second {
+		t.Errorf("stop took %v and exited %d: want a clean exit within the %ds grace period\n%s", took, code, grace, a.logs())
+	}
+	if id, err := p.xdpProgram(); err != nil || id != 0 {
+		t.Errorf("after on_stop: detach, refl0 still has XDP program %d (%v)", id, err)
+	}
+	entries, err := os.ReadDir(p.node.hostPin)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	if len(entries) != 0 {
+		t.Errorf("pins left in %s after on_stop: detach: %v", p.node.hostPin, entries)
+	}
+	t.Logf("on_stop: detach: pod stopped in %v, nothing left attached or pinned", took.Round(time.Millisecond))
 }
