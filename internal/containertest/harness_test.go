@@ -107,11 +107,11 @@ func bpffsMount(t testing.TB, m *deploytest.Manifests, c *corev1.Container) core
 type node struct {
 	m         *deploytest.Manifests
 	c         *corev1.Container
-	netns     string // the namespace's path, for --network ns:PATH
-	configDir string // the ConfigMap's files, adapted
-	hostPin   string // pin_path on the host
-	podPin    string // pin_path in the pod
-	cfg       *config.Config    // the adapted config, as the agent reads it
+	netns     string         // the namespace's path, for --network ns:PATH
+	configDir string         // the ConfigMap's files, adapted
+	hostPin   string         // pin_path on the host
+	podPin    string         // pin_path in the pod
+	cfg       *config.Config // the adapted config, as the agent reads it
 	caps      []corev1.Capability
 	env       map[string]string // overrides of the DaemonSet's env
 	// unconfined runs without the runtime's default seccomp profile (the
