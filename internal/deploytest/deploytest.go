@@ -60,13 +60,19 @@ func Root() (string, error) {
 }
 
 // Render runs `kubectl kustomize DIR` and returns the rendered stream.
+// $KUBECTL names another kubectl to use (the manifests render with Debian
+// 12's kubectl 1.20 and with current ones).
 func Render(dir string) ([]byte, error) {
+	kubectl := "kubectl"
+	if k := os.Getenv("KUBECTL"); k != "" {
+		kubectl = k
+	}
 	var stderr bytes.Buffer
-	cmd := exec.Command("kubectl", "kustomize", dir)
+	cmd := exec.Command(kubectl, "kustomize", dir)
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return nil, fmt.Errorf("kubectl kustomize %s: %w: %s", dir, err, bytes.TrimSpace(stderr.Bytes()))
+		return nil, fmt.Errorf("%s kustomize %s: %w: %s", kubectl, dir, err, bytes.TrimSpace(stderr.Bytes()))
 	}
 	return out, nil
 }
