@@ -118,6 +118,9 @@ type node struct {
 	// DaemonSet asks for RuntimeDefault): only to tell the kernel's checks
 	// from the profile's.
 	unconfined bool
+	// hostBPFFS stands in for the node's /sys/fs/bpf when set: a node
+	// without a BPF filesystem.
+	hostBPFFS string
 }
 
 // includeLine and friends are the lines of the shipped config the test
@@ -247,7 +250,11 @@ func (n *node) runArgs(name string) ([]string, error) {
 			case *p == corev1.MountPropagationBidirectional:
 				opts += ",rshared"
 			}
-			args = append(args, "--volume", v.HostPath.Path+":"+vm.MountPath+":"+opts)
+			src := v.HostPath.Path
+			if n.hostBPFFS != "" && src == "/sys/fs/bpf" {
+				src = n.hostBPFFS
+			}
+			args = append(args, "--volume", src+":"+vm.MountPath+":"+opts)
 		case v.ConfigMap != nil:
 			args = append(args, "--volume", n.configDir+":"+vm.MountPath+":"+opts)
 		default:

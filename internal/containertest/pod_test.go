@@ -550,3 +550,29 @@ func TestRemovalWithOnStopDetach(t *testing.T) {
 	}
 	t.Logf("on_stop: detach: pod stopped in %v, nothing left attached or pinned", took.Round(time.Millisecond))
 }
+
+// A node without a BPF filesystem at /sys/fs/bpf (its sysfs directory is
+// all the hostPath finds): the pod fails saying so and attaches nothing. It
+// holds SYS_ADMIN, yet does not mount a BPF filesystem of its own, which
+// would take the pins with it when it stops (ingress-node-firewall#222):
+// the DaemonSet mounts the host's outside /sys/fs/bpf, where the agent never
+// mounts one.
+func TestNodeWithoutBPFFS(t *testing.T) {
+	requireImage(t)
+	p := newPodLab(t)
+	p.node.hostBPFFS = t.TempDir() // a plain directory, as /sys/fs/bpf is without bpffs
+	a := startPod(t, p.node)
+	logs := waitLog(t, a, "not on a BPF filesystem")
+	t.Logf("a pod on a node without bpffs:\n%s", logs)
+	if id, err := p.xdpProgram(); err != nil || id != 0 {
+		t.Errorf("refl0 has XDP program %d (%v) from a pod with no BPF filesystem to pin in", id, err)
+	}
+	nstest.Eventually(t, 30*time.Second, "the pod to exit", func() (bool, error) {
+		ok, err := a.running()
+		return err == nil && !ok, err
+	})
+	entries, err := os.ReadDir(p.node.hostBPFFS)
+	if err != nil || len(entries) != 0 {
+		t.Errorf("the node's directory has %v (%v): the pod pinned there without a BPF filesystem", entries, err)
+	}
+}
