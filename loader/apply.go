@@ -127,6 +127,9 @@ func (g *Guard) Apply(want DesiredState, opts ApplyOptions) (changes []Change, e
 	if g.lock == nil {
 		return nil, fmt.Errorf("apply: %w: use Open", ErrReadOnly)
 	}
+	if g.removed {
+		return nil, fmt.Errorf("apply: %s: %w: the state was removed (the last interface detached, or a first Apply failed): Open it again", g.pinPath, ErrNotSetUp)
+	}
 	r := &applyRun{g: g, opts: opts}
 	if r.opts.Warn == nil {
 		r.opts.Warn = func(string) {}
@@ -219,6 +222,7 @@ func (g *Guard) Apply(want DesiredState, opts ApplyOptions) (changes []Change, e
 	if err := r.t.fail("end"); err != nil {
 		return nil, err
 	}
+	g.created = false // the state now holds what was asked: it stays
 	switch {
 	case plan == nil:
 	case plan.set != nil:
@@ -711,4 +715,74 @@ func (g *Guard) DetachAll() ([]Change, error) {
 		return nil, err
 	}
 	return changes, g.removeIfUnused()
+}
+
+// DetachEverywhere detaches every interface of every network namespace
+// under the pin path, and removes all state: for uninstalling. This
+// namespace's go first, as one Apply; then each other namespace's (and any
+// left in the layout before namespaces): their links are detached through
+// their descriptors, which works from any namespace, and a cls_bpf filter
+// is deleted in its namespace when that can be found. Unlike Apply it does
+// not roll back: a detach in another namespace cannot be undone from here.
+func (g *Guard) DetachEverywhere() ([]Change, error) {
+	changes, err := g.Apply(DesiredState{}, ApplyOptions{Scope: ApplyScope{PruneInterfaces: true}})
+	if err != nil {
+		return nil, err
+	}
+	here, err := CurrentNetns()
+	if err != nil {
+		return changes, err
+	}
+	es, err := g.allEntries()
+	if err != nil {
+		return changes, err
+	}
+	var errs []error
+	for _, e := range es {
+		name := fmt.Sprintf("ifindex %d in netns %d", e.ifindex, e.netns)
+		if e.netns == 0 {
+			name = fmt.Sprintf("ifindex %d (namespace unknown)", e.ifindex)
+		}
+		a, err := loadAttachment(e.dir, e.ifindex)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err), os.RemoveAll(e.dir))
+			continue
+		}
+		var l netlink.Link
+		var h *netlink.Handle
+		if a.legacy && e.netns != 0 {
+			nsl := openNsLinks(e.netns, here)
+			if nsl.h != nil {
+				h = nsl.h
+				l, _ = h.LinkByIndex(e.ifindex)
+			}
+			defer nsl.close()
+		}
+		if a.legacy && l == nil {
+			errs = append(errs, fmt.Errorf("%s: its cls_bpf egress filter (priority %#x) is left in place: its namespace cannot be entered from here; delete it there with tc filter del dev IFACE egress prio %d", name, legacyTCPriority, legacyTCPriority))
+		}
+		if a.legacy && l != nil {
+			if err := h.FilterDel(legacyFilter(e.ifindex, -1)); err != nil {
+				errs = append(errs, fmt.Errorf("%s: delete cls_bpf filter: %w", name, err))
+			}
+			if a.clsact {
+				if err := h.QdiscDel(clsact(l)); err != nil {
+					errs = append(errs, fmt.Errorf("%s: delete clsact qdisc: %w", name, err))
+				}
+			}
+			a.legacy = false
+		}
+		// Links detach through their descriptors from any namespace;
+		// errors of a link whose interface is gone mean nothing.
+		if err := a.detach(nil); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
+		a.close()
+		if err := os.RemoveAll(e.dir); err != nil {
+			errs = append(errs, err)
+		}
+		changes = append(changes, Change{Interface: name, What: "detached"})
+	}
+	errs = append(errs, g.removeIfUnused())
+	return changes, errors.Join(errs...)
 }

@@ -363,3 +363,55 @@ func TestAllowCountsKeptExact(t *testing.T) {
 		return err
 	})
 }
+
+// TestApplyAfterStateRemoved: once the last detach removed the shared
+// state, the Guard that did it refuses further changes instead of attaching
+// programs to maps that are pinned nowhere.
+func TestApplyAfterStateRemoved(t *testing.T) {
+	r := newRig(t)
+	r.attach(t, AttachOptions{})
+	r.do(t, func(g *Guard) error {
+		if _, err := g.DetachAll(); err != nil {
+			return err
+		}
+		_, err := g.Apply(DesiredState{Interfaces: []InterfaceSpec{{Name: rigHostIf}}}, ApplyOptions{Scope: ApplyScope{Interfaces: true}})
+		if !errors.Is(err, ErrNotSetUp) {
+			return fmt.Errorf("Apply after the state was removed: %v, want ErrNotSetUp", err)
+		}
+		return nil
+	})
+	r.requireNothingLeft(t, "after an Apply refused on removed state")
+}
+
+// TestDetachEverywhere: from one namespace, every namespace's attachments
+// go (a cls_bpf filter and the clsact qdisc made for it too, in their own
+// namespace), and so does the state.
+func TestDetachEverywhere(t *testing.T) {
+	a, b := newRig(t), newRig(t)
+	b.pin = a.pin
+	a.attach(t, AttachOptions{Egress: true})
+	b.attach(t, AttachOptions{Egress: true, TCBackend: TCLegacy})
+	a.do(t, func(g *Guard) error {
+		ch, err := g.DetachEverywhere()
+		if err == nil && len(ch) != 2 {
+			err = fmt.Errorf("changes %v, want two detaches", ch)
+		}
+		return err
+	})
+	a.requireNothingLeft(t, "A after detach --all-namespaces")
+	b.requireNothingLeft(t, "B after detach --all-namespaces")
+	qdiscs, err := b.host.Handle().QdiscList(b.hostLink(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range qdiscs {
+		if q.Type() == "clsact" {
+			t.Errorf("B's clsact qdisc, made by attach, is left")
+		}
+	}
+	// With the qdisc gone there is no filter list to read (an error);
+	// a filter of ours still listed is the failure.
+	if id, err := legacyProgramIDAt(b.host.Handle(), b.hostLink(t)); err == nil && id != 0 {
+		t.Errorf("B's cls_bpf filter (program %d) is left", id)
+	}
+}

@@ -176,7 +176,7 @@ func (g *Guard) Attach(name string, opts AttachOptions) (AttachResult, error) {
 // of ours, pinning what holds them under dir, as part of the change t.
 func (g *Guard) attachNew(t *txn, l netlink.Link, dir string, opts AttachOptions) (res AttachResult, err error) {
 	res = AttachResult{Interface: l.Attrs().Name, Ifindex: l.Attrs().Index}
-	if err := refuseForeign(l, opts); err != nil {
+	if err := refuseForeign(t, l, opts); err != nil {
 		return res, err
 	}
 	if err := os.MkdirAll(dir, sharedPinMode); err != nil {
@@ -230,7 +230,11 @@ func (g *Guard) attachNew(t *txn, l netlink.Link, dir string, opts AttachOptions
 
 // refuseForeign refuses an interface that has an XDP program of someone
 // else's, unless forced, in which case that program is detached first.
-func refuseForeign(l netlink.Link, opts AttachOptions) error {
+//
+// A program set through netlink comes back if the change t fails; one held
+// by another tool's bpf_link cannot (the link was its owner's), and stays
+// detached.
+func refuseForeign(t *txn, l netlink.Link, opts AttachOptions) error {
 	x := l.Attrs().Xdp
 	if x == nil || !x.Attached || x.ProgId == 0 {
 		return nil
@@ -258,9 +262,16 @@ func refuseForeign(l netlink.Link, opts AttachOptions) error {
 	case nl.XDP_ATTACHED_DRV:
 		flags = unix.XDP_FLAGS_DRV_MODE
 	}
+	prev, openErr := ebpf.NewProgramFromID(ebpf.ProgramID(x.ProgId))
+	if openErr == nil {
+		t.closeAtEnd(prev)
+	}
 	err := netlink.LinkSetXdpFdWithFlags(l, -1, flags)
 	if err != nil && !errors.Is(err, unix.EBUSY) {
 		return fmt.Errorf("remove XDP program %d: %w", x.ProgId, err)
+	}
+	if err == nil && openErr == nil {
+		t.onFail(func() { netlink.LinkSetXdpFdWithFlags(l, prev.FD(), flags) })
 	}
 	if err != nil {
 		if err := detachLinkOf(ebpf.ProgramID(x.ProgId), l.Attrs().Index); err != nil {

@@ -368,6 +368,12 @@ func TestAttachRefusesForeignProgram(t *testing.T) {
 		t.Errorf("a refused first attach left state behind: %v", err)
 	}
 
+	// A --force attach that fails puts the program it removed back.
+	_, err = r.tryAttach(rigHostIf, AttachOptions{Force: true, failpoint: failAt("done", errors.New("injected"))})
+	if err == nil || r.xdpProgID(t) != uint32(id) {
+		t.Fatalf("a failed --force attach: %v, program %d on the interface, want %d back", err, r.xdpProgID(t), id)
+	}
+
 	res := r.attach(t, AttachOptions{Force: true})
 	if res.Action != "attached" || r.xdpProgID(t) == uint32(id) {
 		t.Fatalf("--force: %+v, program %d: want ours attached", res, r.xdpProgID(t))
@@ -702,8 +708,13 @@ func TestAutoFallsBackToGeneric(t *testing.T) {
 	var warnings []string
 	var res AttachResult
 	var nativeErr error
+	// Two Guards: the failed first attach removes the state it made, and
+	// the Guard that made it may change nothing more.
 	r.do(t, func(g *Guard) (err error) {
 		_, nativeErr = g.Attach("xgbr0", AttachOptions{Mode: XDPNative})
+		return nil
+	})
+	r.do(t, func(g *Guard) (err error) {
 		res, err = g.Attach("xgbr0", AttachOptions{Warn: func(w string) { warnings = append(warnings, w) }})
 		return err
 	})

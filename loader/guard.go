@@ -58,9 +58,13 @@ type Guard struct {
 	// meta holds the allow-list counts and digest (allowMeta); nil only
 	// for a read-only open of state that predates it.
 	meta *ebpf.Map
-	// created records that this Guard made the shared state: if nothing
-	// ends up attached, a failed Apply undoes it with removeIfUnused.
+	// created records that this Guard made the shared state and no Apply
+	// has succeeded since: a failed Apply then undoes it with
+	// removeIfUnused, so a failed first attach leaves nothing behind.
 	created bool
+	// removed records that this Guard removed the shared state: its maps
+	// are pinned nowhere, and it may change nothing more.
+	removed bool
 }
 
 // Open opens the state under pinPath to change it, holding the pin path's
@@ -384,6 +388,7 @@ func (g *Guard) removeShared() error {
 		errs = append(errs, err)
 	}
 	forgetAllow(g.pinPath)
+	g.removed = true
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove %s: %w", g.pinPath, err)
 	}

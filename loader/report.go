@@ -4,8 +4,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 
-	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -153,6 +154,64 @@ type InterfaceStats struct {
 // calling thread's network namespace, per hook, summed over CPUs. The egress
 // hook is listed only where attached.
 func (g *Guard) Stats(names ...string) ([]InterfaceStats, error) {
+	es, err := g.entriesHere()
+	if err != nil {
+		return nil, err
+	}
+	if len(names) > 0 {
+		byIndex := map[int]entry{}
+		for _, e := range es {
+			byIndex[e.ifindex] = e
+		}
+		var want []entry
+		for _, n := range names {
+			l, err := lookupLink(n)
+			if err != nil {
+				return nil, err
+			}
+			e, found := byIndex[l.Attrs().Index]
+			if !found {
+				return nil, fmt.Errorf("%s: %w: attach it first (xdpguard attach %s)", n, ErrNotAttached, n)
+			}
+			want = append(want, e)
+		}
+		es = want
+	}
+	var out []InterfaceStats
+	for _, e := range es {
+		name := fmt.Sprintf("(gone, ifindex %d)", e.ifindex)
+		if l, err := netlink.LinkByIndex(e.ifindex); err == nil {
+			name = l.Attrs().Name
+		}
+		a, err := loadAttachment(e.dir, e.ifindex)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		egress := a.egress() != ""
+		st, err := ReadStats(a.stats)
+		a.close()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		for _, h := range []Hook{HookXDP, HookTC} {
+			if h == HookTC && !egress {
+				continue
+			}
+			is := InterfaceStats{Interface: name, Ifindex: e.ifindex, Hook: h.String(), Counters: map[string]Counter{}}
+			for r, c := range st[h] {
+				is.Counters[Reason(r).String()] = c
+			}
+			out = append(out, is)
+		}
+	}
+	return out, nil
+}
+
+// entriesHere lists the calling thread's namespace's interfaces with state,
+// by ifindex, including entries of the layout before namespaces that are
+// this namespace's but not moved yet (a reader, which moves nothing, sees
+// them before the first change upgrades them).
+func (g *Guard) entriesHere() ([]entry, error) {
 	ns, err := CurrentNetns()
 	if err != nil {
 		return nil, err
@@ -161,60 +220,22 @@ func (g *Guard) Stats(names ...string) ([]InterfaceStats, error) {
 	if err != nil {
 		return nil, err
 	}
-	var ifs []int
-	for _, e := range es {
-		ifs = append(ifs, e.ifindex)
+	old, err := listIfindexes(filepath.Join(g.pinPath, oldIfacesDir))
+	if err != nil {
+		return nil, err
 	}
-	if len(names) > 0 {
-		var want []int
-		for _, n := range names {
-			l, err := lookupLink(n)
-			if err != nil {
-				return nil, err
-			}
-			found := false
-			for _, idx := range ifs {
-				found = found || idx == l.Attrs().Index
-			}
-			if !found {
-				return nil, fmt.Errorf("%s: %w: attach it first (xdpguard attach %s)", n, ErrNotAttached, n)
-			}
-			want = append(want, l.Attrs().Index)
-		}
-		ifs = want
-	}
-	var out []InterfaceStats
-	for _, idx := range ifs {
-		name := fmt.Sprintf("(gone, ifindex %d)", idx)
-		if l, err := netlink.LinkByIndex(idx); err == nil {
-			name = l.Attrs().Name
-		}
-		dir := g.ifaceDir(ns, idx)
+	for _, idx := range old {
+		dir := filepath.Join(g.pinPath, oldIfacesDir, strconv.Itoa(idx))
 		a, err := loadAttachment(dir, idx)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
+			continue // half-made, or another namespace's
 		}
-		egress := a.egress() != ""
+		here, err := a.isHere()
 		a.close()
-		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, pinStats), nil)
-		if err != nil {
-			return nil, fmt.Errorf("%s: open counters: %w", name, err)
-		}
-		st, err := ReadStats(m)
-		m.Close()
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
-		for _, h := range []Hook{HookXDP, HookTC} {
-			if h == HookTC && !egress {
-				continue
-			}
-			is := InterfaceStats{Interface: name, Ifindex: idx, Hook: h.String(), Counters: map[string]Counter{}}
-			for r, c := range st[h] {
-				is.Counters[Reason(r).String()] = c
-			}
-			out = append(out, is)
+		if err == nil && here && !slices.ContainsFunc(es, func(e entry) bool { return e.ifindex == idx }) {
+			es = append(es, entry{ifindex: idx, dir: dir})
 		}
 	}
-	return out, nil
+	slices.SortFunc(es, func(a, b entry) int { return a.ifindex - b.ifindex })
+	return es, nil
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -76,7 +77,7 @@ func (a *attachment) egress() string {
 // (a kernel computing them otherwise); the caller then loads the programs and
 // compares as programsChanged does, so false never skips an upgrade.
 func (a *attachment) runsCurrentPrograms(l netlink.Link) (bool, error) {
-	spec, _, err := specs()
+	spec, err := compiledSpec()
 	if err != nil {
 		return false, err
 	}
@@ -115,6 +116,11 @@ func (a *attachment) runsCurrentPrograms(l netlink.Link) (bool, error) {
 	}
 	return true, nil
 }
+
+// compiledSpec is the embedded object parsed once, for reading only (to
+// compare tags): parsing it takes a millisecond, and a no-op Apply on every
+// link event would pay that per interface.
+var compiledSpec = sync.OnceValues(loadXdpguard)
 
 // matchesSpec reports whether a loaded program is one of spec's: same type,
 // same name (the kernel keeps 15 bytes of it), same kernel tag.

@@ -3,6 +3,7 @@ package loader
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -16,9 +17,10 @@ import (
 	"github.com/xdpguard/xdpguard/internal/nstest"
 )
 
-// v0Object is the data plane of the release whose pinned layout was
-// <pin>/ifaces/<ifindex>/ (git show main:loader/xdpguard_bpfel.o at the time).
-const v0Object = "testdata/v0/xdpguard_bpfel.o"
+// ifindexLayoutObject is the data plane of the release whose pinned layout
+// was <pin>/ifaces/<ifindex>/ (git show main:loader/xdpguard_bpfel.o at the
+// time; the data-plane branch adds the same file for its own upgrade test).
+const ifindexLayoutObject = "testdata/v0/xdpguard_bpfel.o"
 
 // attachV0 does what that release's attach did, with its own object: the
 // shared maps pinned under pin (made on first use, holding its default
@@ -27,7 +29,7 @@ const v0Object = "testdata/v0/xdpguard_bpfel.o"
 // link's id.
 func attachV0(t *testing.T, ns *nstest.NS, pin, ifname string, egress bool, allow ...netip.Prefix) link.ID {
 	t.Helper()
-	spec, err := ebpf.LoadCollectionSpec(v0Object)
+	spec, err := ebpf.LoadCollectionSpec(ifindexLayoutObject)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,6 +173,22 @@ func TestUpgradeFromIfindexLayout(t *testing.T) {
 	}
 	if len(atts) != 3 || atts[0].Netns != 0 {
 		t.Fatalf("status of the old layout: %+v, want 3 attachments of unknown namespace", atts)
+	}
+	// stats of a new binary reads A's counters before any upgrade.
+	err = a.host.Do(func() error {
+		g, err := OpenReadOnly(a.pin)
+		if err != nil {
+			return err
+		}
+		defer g.Close()
+		st, err := g.Stats(rigHostIf)
+		if err == nil && (len(st) != 2 || st[0].Counters[ReasonDropRequest.String()].Packets != 1) {
+			err = fmt.Errorf("stats on the old layout: %+v, want xg1's xdp and tc with 1 drop_request", st)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 
 	res := a.attach(t, AttachOptions{Egress: true})

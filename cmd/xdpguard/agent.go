@@ -9,12 +9,14 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/xdpguard/xdpguard/internal/agent"
 	"github.com/xdpguard/xdpguard/internal/agent/config"
 	"github.com/xdpguard/xdpguard/internal/agent/sdnotify"
+	"github.com/xdpguard/xdpguard/internal/metrics"
 )
 
 func init() {
@@ -72,10 +74,33 @@ func runAgent(c *cli, fs *pflag.FlagSet, args []string) error {
 	}
 	path, _ := fs.GetString("config")
 	nlbuf, _ := fs.GetInt("netlink-buffer")
-	a, err := agent.New(agent.Options{ConfigPath: path, Log: log, Notify: sdnotify.Notify, NetlinkBuffer: nlbuf})
+	state := metrics.NewAgentState()
+	a, err := agent.New(agent.Options{ConfigPath: path, Log: log, Notify: sdnotify.Notify, NetlinkBuffer: nlbuf, Observer: state})
 	if err != nil {
 		return err
 	}
+	cfg := a.Config()
+	// Up before the first reconcile, so /healthz answers while a host's
+	// interfaces are being attached. A port that cannot be bound is logged,
+	// not fatal: protection matters more than its metrics.
+	srv, err := metrics.Start(metrics.ServerConfig{
+		Addr:     cfg.MetricsListen,
+		Gatherer: metrics.NewRegistry(metrics.NewGuardSource(cfg.PinPath, metrics.FragCountCacheFor), state, version),
+		Ready:    a.Ready,
+		Log:      log,
+	})
+	if err != nil {
+		log.Error("metrics endpoint not started; the agent runs without it", "error", err)
+	} else if srv != nil {
+		log.Info("metrics endpoint listening", "address", srv.Addr().String(), "paths", "/metrics /healthz /readyz")
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			log.Warn("metrics endpoint", "error", err)
+		}
+	}()
 
 	ctx, stop := context.WithCancel(c.ctx)
 	defer stop()

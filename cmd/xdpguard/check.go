@@ -5,6 +5,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -23,6 +24,9 @@ func init() {
 type probe struct {
 	name string
 	run  func(c *cli) (ok bool, detail string)
+	// warns: a false answer is a warning (the host can run xdpguard, but
+	// something should be changed), not a failure.
+	warns bool
 }
 
 func featureProbe(err error, fix string) (bool, string) {
@@ -32,11 +36,66 @@ func featureProbe(err error, fix string) (bool, string) {
 	return true, ""
 }
 
+// protectedPorts are the live ports, or the defaults when nothing is set up.
+func protectedPorts(c *cli) ([]uint16, error) {
+	cfg, err := currentConfig(c)
+	return cfg.Ports, err
+}
+
+// portRangeAdvice warns about protected ports the kernel may hand out as
+// local (ephemeral) ports: a UDP socket of this host bound to one, say a
+// resolver's query, has its replies addressed to a protected port, and
+// xdpguard drops them. rangeText is net.ipv4.ip_local_port_range ("32768
+// 60999"), reservedText net.ipv4.ip_local_reserved_ports ("8080,9000-9100");
+// both are per network namespace, and IPv6 uses them too. It returns "" when
+// no port is at risk.
+func portRangeAdvice(ports []uint16, rangeText, reservedText string) (string, error) {
+	var lo, hi int
+	if _, err := fmt.Sscanf(strings.TrimSpace(rangeText), "%d %d", &lo, &hi); err != nil {
+		return "", fmt.Errorf("read net.ipv4.ip_local_port_range %q: %w", rangeText, err)
+	}
+	reserved := map[int]bool{}
+	var kept []string
+	for _, f := range strings.Split(strings.TrimSpace(reservedText), ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		kept = append(kept, f)
+		a, b, isRange := strings.Cut(f, "-")
+		from, err := strconv.Atoi(a)
+		to := from
+		if err == nil && isRange {
+			to, err = strconv.Atoi(b)
+		}
+		if err != nil {
+			return "", fmt.Errorf("read net.ipv4.ip_local_reserved_ports %q: %w", reservedText, err)
+		}
+		for p := from; p <= to && p <= 65535; p++ {
+			reserved[p] = true
+		}
+	}
+	var risky []string
+	for _, p := range ports {
+		if int(p) >= lo && int(p) <= hi && !reserved[int(p)] {
+			risky = append(risky, strconv.Itoa(int(p)))
+		}
+	}
+	if len(risky) == 0 {
+		return "", nil
+	}
+	all := strings.Join(append(kept, risky...), ",")
+	return fmt.Sprintf("protected port(s) %s lie in net.ipv4.ip_local_port_range (%d-%d) and are not reserved: "+
+		"this host may give one to its own outgoing UDP (a DNS query, say), and xdpguard then drops the replies. "+
+		"Reserve them: sysctl -w net.ipv4.ip_local_reserved_ports=%s "+
+		"and, to keep it across reboots: echo 'net.ipv4.ip_local_reserved_ports = %s' > /etc/sysctl.d/60-xdpguard.conf",
+		strings.Join(risky, ","), lo, hi, all, all), nil
+}
+
 var probes = []probe{
-	{"privileges (CAP_BPF, CAP_NET_ADMIN)", func(*cli) (bool, string) {
+	{name: "privileges (CAP_BPF, CAP_NET_ADMIN)", run: func(*cli) (bool, string) {
 		return featureProbe(loader.CheckPrivileges(), "run as root")
 	}},
-	{"kernel version", func(*cli) (bool, string) {
+	{name: "kernel version", run: func(*cli) (bool, string) {
 		var u unix.Utsname
 		if err := unix.Uname(&u); err != nil {
 			return false, err.Error()
@@ -52,22 +111,22 @@ var probes = []probe{
 		}
 		return true, rel
 	}},
-	{"XDP programs", func(*cli) (bool, string) {
-		return featureProbe(features.HaveProgramType(ebpf.XDP), "the kernel lacks XDP (CONFIG_BPF, CONFIG_XDP_SOCKETS)")
+	{name: "XDP programs", run: func(*cli) (bool, string) {
+		return featureProbe(features.HaveProgramType(ebpf.XDP), "the kernel lacks XDP support (CONFIG_BPF_SYSCALL=y; XDP comes with it, and CONFIG_BPF_JIT=y makes it fast)")
 	}},
-	{"TC programs", func(*cli) (bool, string) {
+	{name: "TC programs", run: func(*cli) (bool, string) {
 		return featureProbe(features.HaveProgramType(ebpf.SchedCLS), "the kernel lacks cls_bpf (CONFIG_NET_CLS_BPF)")
 	}},
-	{"LPM trie maps", func(*cli) (bool, string) {
+	{name: "LPM trie maps", run: func(*cli) (bool, string) {
 		return featureProbe(features.HaveMapType(ebpf.LPMTrie), "the kernel lacks BPF_MAP_TYPE_LPM_TRIE (Linux 4.11+)")
 	}},
-	{"LRU hash maps", func(*cli) (bool, string) {
+	{name: "LRU hash maps", run: func(*cli) (bool, string) {
 		return featureProbe(features.HaveMapType(ebpf.LRUHash), "the kernel lacks BPF_MAP_TYPE_LRU_HASH (Linux 4.10+)")
 	}},
-	{"per-CPU arrays", func(*cli) (bool, string) {
+	{name: "per-CPU arrays", run: func(*cli) (bool, string) {
 		return featureProbe(features.HaveMapType(ebpf.PerCPUArray), "the kernel lacks BPF_MAP_TYPE_PERCPU_ARRAY (Linux 4.6+)")
 	}},
-	{"BPF JIT", func(*cli) (bool, string) {
+	{name: "BPF JIT", run: func(*cli) (bool, string) {
 		b, err := os.ReadFile("/proc/sys/net/core/bpf_jit_enable")
 		if err != nil {
 			return true, "unknown (" + err.Error() + ")"
@@ -77,13 +136,35 @@ var probes = []probe{
 		}
 		return true, "on"
 	}},
-	{"bpffs", func(c *cli) (bool, string) {
+	{name: "bpffs", run: func(c *cli) (bool, string) {
 		if err := loader.EnsureBPFFS(c.pinPath); err != nil {
 			return false, err.Error()
 		}
 		return true, "pins go to " + c.pinPath
 	}},
-	{"programs pass the verifier", func(*cli) (bool, string) {
+	{name: "protected ports outside the local port range", warns: true, run: func(c *cli) (bool, string) {
+		ports, err := protectedPorts(c)
+		if err != nil {
+			return false, err.Error()
+		}
+		rng, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+		if err != nil {
+			return false, err.Error()
+		}
+		res, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_reserved_ports")
+		if err != nil {
+			return false, err.Error()
+		}
+		advice, err := portRangeAdvice(ports, string(rng), string(res))
+		if err != nil {
+			return false, err.Error()
+		}
+		if advice != "" {
+			return false, advice
+		}
+		return true, "ports " + joinPorts(ports)
+	}},
+	{name: "programs pass the verifier", run: func(*cli) (bool, string) {
 		m, err := loader.NewMaps(loader.MapSizes{})
 		if err != nil {
 			return false, err.Error()
@@ -105,7 +186,9 @@ var checkCmd = &command{
 	help: `Probes what xdpguard needs: privileges, kernel version, program and map
 types, the JIT, a BPF filesystem for the pin path (mounting /sys/fs/bpf if
 missing), and loads the programs through the verifier without attaching
-them. Exits 1 if anything needed is missing.`,
+them. Warns (and still exits 0) when a protected port lies in the range the
+kernel hands out as local ports and is not reserved, and says how to
+reserve it. Exits 1 if anything needed is missing.`,
 	example: `  sudo xdpguard check`,
 	run: func(c *cli, fs *pflag.FlagSet, args []string) error {
 		if len(args) > 0 {
@@ -116,7 +199,10 @@ them. Exits 1 if anything needed is missing.`,
 		for _, p := range probes {
 			ok, detail := p.run(c)
 			mark := "ok"
-			if !ok {
+			switch {
+			case !ok && p.warns:
+				mark = "warn"
+			case !ok:
 				mark = "FAIL"
 				failed++
 			}

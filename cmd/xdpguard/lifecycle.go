@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -87,29 +88,38 @@ without it the mode is left as it is (enforce on a first attach).`,
 		if err != nil {
 			return err
 		}
-		printChanges(c, changes, args, "unchanged")
+		printChanges(c, changes)
+		changed := map[string]bool{}
+		for _, ch := range changes {
+			changed[ch.Interface] = true
+		}
+		have, err := g.AttachedHere()
+		if err != nil {
+			return err
+		}
+		for _, spec := range have {
+			if slices.Contains(args, spec.Name) && !changed[spec.Name] {
+				egress := "no egress"
+				if spec.Egress {
+					egress = "egress via " + string(spec.TCBackend)
+				}
+				fmt.Fprintf(c.stdout, "%s: unchanged (xdp %s, %s)\n", spec.Name, spec.Mode, egress)
+			}
+		}
 		return nil
 	},
 }
 
-// printChanges prints one line per change, and for each of names that did
-// not change, "NAME: same".
-func printChanges(c *cli, changes []loader.Change, names []string, same string) {
-	changed := map[string]bool{}
+// printChanges prints one line per change.
+func printChanges(c *cli, changes []loader.Change) {
 	for _, ch := range changes {
 		fmt.Fprintln(c.stdout, ch)
-		changed[ch.Interface] = true
-	}
-	for _, n := range names {
-		if !changed[n] {
-			fmt.Fprintf(c.stdout, "%s: %s\n", n, same)
-		}
 	}
 }
 
 var detachCmd = &command{
 	name:    "detach",
-	args:    "IFACE... | --all",
+	args:    "IFACE... | --all | --all-namespaces",
 	summary: "remove xdpguard from interfaces",
 	help: `Removes everything attach made on each interface of this network namespace:
 links, programs, counters, and a clsact qdisc it added. Only this namespace's
@@ -118,14 +128,23 @@ another namespace is another interface, and keeps its protection. When no
 namespace has an interface left, the shared maps (config, allow lists,
 fragment table) and the pin directory go too.
 --all detaches every interface of this namespace, and also cleans up after
-interfaces that no longer exist.`,
+interfaces that no longer exist. --all-namespaces detaches every interface
+of every namespace and removes all state, to uninstall xdpguard; unlike the
+others it cannot be rolled back if it fails half-way.`,
 	example: `  sudo xdpguard detach eth0
-  sudo xdpguard detach --all`,
+  sudo xdpguard detach --all
+  sudo xdpguard detach --all-namespaces     # uninstall: every namespace`,
 	flags: func(fs *pflag.FlagSet) {
 		fs.Bool("all", false, "detach every interface of this network namespace")
+		fs.Bool("all-namespaces", false, "detach every interface of every network namespace and remove all state (uninstall)")
 	},
 	run: func(c *cli, fs *pflag.FlagSet, args []string) error {
 		all, _ := fs.GetBool("all")
+		everywhere, _ := fs.GetBool("all-namespaces")
+		if everywhere && (all || len(args) > 0) {
+			return usagef("--all-namespaces takes no interfaces and no --all")
+		}
+		all = all || everywhere
 		if all == (len(args) > 0) {
 			return usagef("name interfaces or give --all, not both or neither")
 		}
@@ -141,12 +160,21 @@ interfaces that no longer exist.`,
 			return err
 		}
 		defer g.Close()
+		if everywhere {
+			changes, err := g.DetachEverywhere()
+			printChanges(c, changes)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(c.stdout, "detached all in every network namespace; state removed")
+			return nil
+		}
 		if all {
 			changes, err := g.DetachAll()
 			if err != nil {
 				return err
 			}
-			printChanges(c, changes, nil, "")
+			printChanges(c, changes)
 			if _, err := os.Stat(c.pinPath); err == nil {
 				fmt.Fprintln(c.stdout, "detached all in this network namespace; other namespaces' attachments and the shared state stay")
 				return nil
@@ -158,7 +186,7 @@ interfaces that no longer exist.`,
 		if err != nil {
 			return err
 		}
-		printChanges(c, changes, nil, "")
+		printChanges(c, changes)
 		return nil
 	},
 }
@@ -185,9 +213,10 @@ var statusCmd = &command{
 	name:    "status",
 	args:    "[--json]",
 	summary: "what is attached where, and the live configuration",
-	help: `Shows each attached interface and hook with its mode and program id, and the
-configuration every attached program reads: mode, protected ports, allow
-list sizes, fragment policy.`,
+	help: `Shows each attached interface and hook with its mode and program id, in every
+network namespace (NETNS is the namespace's inode, as lsns -t net shows it),
+and the configuration every attached program reads: mode, protected ports,
+allow list sizes, fragment policy.`,
 	example: `  sudo xdpguard status
   sudo xdpguard status --json | jq '.attachments[].interface'`,
 	flags: func(fs *pflag.FlagSet) { fs.Bool("json", false, "print JSON") },
@@ -266,8 +295,9 @@ counted once, under one reason:
   would_drop            monitor mode: would have been dropped
   pass_orphan_fragment  track: a later UDP fragment whose first was never seen
 With --watch, prints per-second rates every INTERVAL until interrupted.
-With --prometheus, prints the counters in Prometheus' text format, for
-node_exporter's textfile collector.`,
+With --prometheus, prints the counters, what is attached, the config and map
+fill in Prometheus' text format, for node_exporter's textfile collector: the
+series the agent serves at /metrics, without the agent's own.`,
 	example: `  sudo xdpguard stats
   sudo xdpguard stats eth0 --json
   sudo xdpguard stats --watch 1s
@@ -275,7 +305,7 @@ node_exporter's textfile collector.`,
     mv /var/lib/node_exporter/xdpguard.prom.$$ /var/lib/node_exporter/xdpguard.prom`,
 	flags: func(fs *pflag.FlagSet) {
 		fs.Bool("json", false, "print JSON")
-		fs.Bool("prometheus", false, "print Prometheus text format (counters)")
+		fs.Bool("prometheus", false, "print Prometheus text format (for node_exporter's textfile collector)")
 		fs.Duration("watch", 0, "print per-second rates every INTERVAL (e.g. 1s)")
 		fs.Int("count", 0, "with --watch: stop after this many samples (0: until interrupted)")
 	},
@@ -304,8 +334,7 @@ node_exporter's textfile collector.`,
 			case asJSON:
 				return writeJSON(c.stdout, statsReport{Interfaces: nonNil(st)})
 			case prom:
-				printPrometheus(c.stdout, st)
-				return nil
+				return printPrometheus(c.stdout, guardSource(g, args))
 			}
 			printStats(c.stdout, st)
 			return nil

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -13,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
+	"github.com/xdpguard/xdpguard/internal/metrics"
 	"github.com/xdpguard/xdpguard/internal/nstest"
 	"github.com/xdpguard/xdpguard/internal/testpkt"
 	"github.com/xdpguard/xdpguard/loader"
@@ -178,6 +182,26 @@ func TestCLIInNamespace(t *testing.T) {
 		t.Fatalf("second attach output: %q", out)
 	}
 
+	var st statusReport
+	if err := json.Unmarshal([]byte(mustCLI("status", "--json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Attachments) != 2 || st.Attachments[0].Hook != "xdp" || st.Attachments[1].Hook != "tc" ||
+		st.Attachments[0].Interface != "xg1" || st.Attachments[0].ProgramID == 0 ||
+		st.Config.Mode != "enforce" || st.Config.Fragments != "track" || len(st.Config.Ports) != 1 || st.Config.Ports[0] != 11211 {
+		t.Fatalf("status --json: %+v", st)
+	}
+	var ino uint64
+	if err := host.Do(func() (err error) { ino, err = loader.CurrentNetns(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if a := st.Attachments[0]; a.Netns != ino || !a.Here {
+		t.Fatalf("status --json: netns %d here %v, want %d (this one)", a.Netns, a.Here, ino)
+	}
+	if out := mustCLI("status"); !strings.Contains(out, fmt.Sprintf("%d (this one)", ino)) {
+		t.Fatalf("status does not name the namespace:\n%s", out)
+	}
+
 	// A failed attach --monitor takes everything back, the mode included:
 	// it used to leave the whole host in monitor, passing attacks.
 	code, _, errb = cli("attach", "xg1", "nosuch0", "--monitor")
@@ -187,15 +211,35 @@ func TestCLIInNamespace(t *testing.T) {
 	if out := mustCLI("mode"); out != "enforce\n" {
 		t.Fatalf("mode after a failed attach --monitor: %q, want enforce", out)
 	}
-
-	var st statusReport
-	if err := json.Unmarshal([]byte(mustCLI("status", "--json")), &st); err != nil {
+	var after statusReport
+	if err := json.Unmarshal([]byte(mustCLI("status", "--json")), &after); err != nil {
 		t.Fatal(err)
 	}
-	if len(st.Attachments) != 2 || st.Attachments[0].Hook != "xdp" || st.Attachments[1].Hook != "tc" ||
-		st.Attachments[0].Interface != "xg1" || st.Attachments[0].ProgramID == 0 ||
-		st.Config.Mode != "enforce" || st.Config.Fragments != "track" || len(st.Config.Ports) != 1 || st.Config.Ports[0] != 11211 {
-		t.Fatalf("status --json: %+v", st)
+	if fmt.Sprint(after.Attachments) != fmt.Sprint(st.Attachments) {
+		t.Fatalf("a failed attach changed the attachments:\n got %+v\nwant %+v", after.Attachments, st.Attachments)
+	}
+	// The same when the failure comes after the mode was written and
+	// another interface attached: a bridge has no native XDP.
+	nstest.Veth(t, peer, "xg2", host, "xg3", 0)
+	if err := host.Handle().LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "xgbr0"}}); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errb = cli("attach", "xg3", "xgbr0", "--mode", "native", "--monitor")
+	if code != exitFailed || !strings.Contains(errb, "xgbr0") {
+		t.Fatalf("attach xg3 xgbr0 --mode native --monitor: exit %d, %q; want 1 naming xgbr0", code, errb)
+	}
+	if out := mustCLI("mode"); out != "enforce\n" {
+		t.Fatalf("mode after an attach --monitor that failed half-way: %q, want enforce", out)
+	}
+	if l, err := host.Link("xg3"); err != nil || (l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached) {
+		t.Fatalf("xg3 after the failed attach: %v, XDP %+v; want nothing attached", err, l.Attrs().Xdp)
+	}
+	after = statusReport{}
+	if err := json.Unmarshal([]byte(mustCLI("status", "--json")), &after); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(after.Attachments) != fmt.Sprint(st.Attachments) {
+		t.Fatalf("an attach that failed half-way changed the attachments:\n got %+v\nwant %+v", after.Attachments, st.Attachments)
 	}
 
 	mustCLI("allow", "add", "203.0.113.0/24", "2001:db8::/48")
@@ -283,22 +327,51 @@ func TestCLIInNamespace(t *testing.T) {
 	}
 }
 
+// TestPrintPrometheus checks stats --prometheus's text: exact lines for the
+// counters with an interface name that needs escaping, the config series,
+// none of the agent's or the Go runtime's, and nothing written when the read
+// fails.
 func TestPrintPrometheus(t *testing.T) {
 	var b bytes.Buffer
-	printPrometheus(&b, []loader.InterfaceStats{{Interface: `we"ird`, Hook: "xdp", Counters: map[string]loader.Counter{"drop_response": {Packets: 3, Bytes: 4200}}}})
+	src := metrics.SourceFunc(func() (*metrics.Snapshot, error) {
+		return &metrics.Snapshot{
+			Stats:  []loader.InterfaceStats{{Interface: `we"ird`, Hook: "xdp", Counters: map[string]loader.Counter{"drop_response": {Packets: 3, Bytes: 4200}}}},
+			Config: loader.DefaultConfig(),
+		}, nil
+	})
+	if err := printPrometheus(&b, src); err != nil {
+		t.Fatal(err)
+	}
 	out := b.String()
 	for _, want := range []string{
 		"# TYPE xdpguard_packets_total counter\n",
-		`xdpguard_packets_total{interface="we\"ird",hook="xdp",reason="drop_response"} 3` + "\n",
-		`xdpguard_bytes_total{interface="we\"ird",hook="xdp",reason="drop_response"} 4200` + "\n",
-		`xdpguard_packets_total{interface="we\"ird",hook="xdp",reason="pass"} 0` + "\n",
+		`xdpguard_packets_total{hook="xdp",interface="we\"ird",reason="drop_response"} 3` + "\n",
+		`xdpguard_bytes_total{hook="xdp",interface="we\"ird",reason="drop_response"} 4200` + "\n",
+		`xdpguard_packets_total{hook="xdp",interface="we\"ird",reason="pass"} 0` + "\n",
+		`xdpguard_config_info{fragments="track",mode="enforce"} 1` + "\n",
+		`xdpguard_protected_port{port="11211"} 1` + "\n",
+		`xdpguard_build_info{goversion="`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q in:\n%s", want, out)
 		}
 	}
-	if n := strings.Count(out, "\n"); n != 4+2*loader.ReasonCount {
-		t.Errorf("%d lines, want 2 metrics x (2 comments + %d reasons)", n, loader.ReasonCount)
+	if n := strings.Count(out, "\nxdpguard_packets_total{"); n != loader.ReasonCount {
+		t.Errorf("%d packet series, want one per reason (%d)", n, loader.ReasonCount)
+	}
+	for _, absent := range []string{"\ngo_", "\nprocess_", "xdpguard_reconcile_total", "xdpguard_interfaces_wanted"} {
+		if strings.Contains(out, absent) {
+			t.Errorf("%q in the textfile output: it holds the kernel's state only\n%s", absent, out)
+		}
+	}
+
+	b.Reset()
+	failing := metrics.SourceFunc(func() (*metrics.Snapshot, error) { return nil, errors.New("read counters: boom") })
+	if err := printPrometheus(&b, failing); err == nil || !strings.Contains(err.Error(), "boom") {
+		t.Errorf("failed read: error %v, want one naming the cause", err)
+	}
+	if b.Len() != 0 {
+		t.Errorf("failed read wrote %q: a textfile must not hold part of the state", b.String())
 	}
 }
 
@@ -321,5 +394,64 @@ stat -f -c %T /sys/fs/bpf`
 	}
 	if got := strings.TrimSpace(string(out)); got != "bpf_fs" {
 		t.Fatalf("/sys/fs/bpf after check is %q, want bpf_fs", got)
+	}
+}
+
+func TestPortRangeAdvice(t *testing.T) {
+	for _, tc := range []struct {
+		ports           []uint16
+		rng, reserved   string
+		want, wantValue string // wantValue: the reserved_ports value advised
+	}{
+		{[]uint16{11211}, "32768\t60999\n", "\n", "", ""},
+		{[]uint16{11211}, "1024 65535\n", "\n", "11211 lie in net.ipv4.ip_local_port_range (1024-65535)", "11211"},
+		{[]uint16{53, 11211}, "1024 65535", "8080,11200-11300", "", ""},
+		{[]uint16{11211, 40000}, "10000 50000", "8080,9000-9100", "11211,40000 lie", "8080,9000-9100,11211,40000"},
+		{[]uint16{80, 11211}, "1024 65535", "11211", "", ""},
+	} {
+		got, err := portRangeAdvice(tc.ports, tc.rng, tc.reserved)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.want == "" && got != "" || tc.want != "" && !strings.Contains(got, tc.want) {
+			t.Errorf("ports %v, range %q, reserved %q: %q, want %q", tc.ports, tc.rng, tc.reserved, got, tc.want)
+		}
+		if tc.wantValue != "" && (!strings.Contains(got, "sysctl -w net.ipv4.ip_local_reserved_ports="+tc.wantValue+" ") ||
+			!strings.Contains(got, "'net.ipv4.ip_local_reserved_ports = "+tc.wantValue+"' > /etc/sysctl.d/")) {
+			t.Errorf("advice %q does not reserve %s with sysctl and a sysctl.d file", got, tc.wantValue)
+		}
+	}
+	if _, err := portRangeAdvice([]uint16{1}, "bogus", ""); err == nil {
+		t.Error("an unreadable port range gave no error")
+	}
+}
+
+// TestCheckWarnsAboutLocalPortRange: the sysctls are per network namespace;
+// in one where the protected port is a local port, check warns (exit 0) and
+// says how to reserve it; reserved, the warning goes.
+func TestCheckWarnsAboutLocalPortRange(t *testing.T) {
+	nstest.RequireRoot(t)
+	ns := nstest.New(t, "xgck")
+	pin := "--pin-path=" + filepath.Join("/sys/fs/bpf", "xgcheck-"+ns.Name())
+	check := func() (int, string) {
+		var code int
+		var out string
+		if err := ns.Do(func() error { code, out, _ = runCLI(pin, "check"); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return code, out
+	}
+	if err := ns.Sysctl("net.ipv4.ip_local_port_range", "10000 20000"); err != nil {
+		t.Fatal(err)
+	}
+	code, out := check()
+	if code != exitOK || !strings.Contains(out, "warn") || !strings.Contains(out, "sysctl -w net.ipv4.ip_local_reserved_ports=11211") {
+		t.Fatalf("check with 11211 a local port: exit %d, want 0 and a warning with the fix:\n%s", code, out)
+	}
+	if err := ns.Sysctl("net.ipv4.ip_local_reserved_ports", "11211"); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := check(); code != exitOK || strings.Contains(out, "warn") {
+		t.Fatalf("check with 11211 reserved: exit %d, want 0 and no warning:\n%s", code, out)
 	}
 }

@@ -97,7 +97,11 @@ func (h *host) veth(t *testing.T, name string) {
 func (h *host) writeConfig(t *testing.T, body string) string {
 	t.Helper()
 	p := filepath.Join(h.dir, "xdpguard.yaml")
-	writeAtomic(t, p, "pin_path: "+h.pin+"\nmetrics:\n  listen: \"\"\n"+body)
+	metrics := "metrics:\n  listen: \"\"\n" // off unless the test asks
+	if strings.Contains(body, "metrics:") {
+		metrics = "\n\n"
+	}
+	writeAtomic(t, p, "pin_path: "+h.pin+"\n"+metrics+body)
 	return p
 }
 

@@ -110,7 +110,7 @@ func (a *Agent) reconcile(full bool, why string) error {
 	if err != nil {
 		return a.reconciled(why, fmt.Errorf("%w: %w", errFatal, err))
 	}
-	defer g.Close()
+	defer func() { g.Close() }()
 
 	want := loader.DesiredState{Interfaces: p.specs, Config: a.cfg.LoaderConfig(), Allow: a.cfg.Allow.All}
 	scope := loader.ApplyScope{Interfaces: true, PruneInterfaces: true, Config: full, Allow: full}
@@ -119,6 +119,12 @@ func (a *Agent) reconcile(full bool, why string) error {
 	failed := map[string]error{}
 	if err != nil {
 		a.log.Warn("applying all interfaces at once failed, and changed nothing; applying them one by one", "why", why, "error", err)
+		// A failed first Apply takes back the shared state its Guard
+		// created (the pinned maps): open it afresh for the next ones.
+		g.Close()
+		if g, err = loader.Open(a.cfg.PinPath, true); err != nil {
+			return a.reconciled(why, fmt.Errorf("%w: %w", errFatal, err))
+		}
 		changes, failed, err = a.applyEach(g, want, scope)
 	}
 	for _, c := range changes {
