@@ -19,6 +19,11 @@
 // follows pin_path. Everything else (ports, mode, fragments, egress,
 // allow files, metrics.listen, on_stop) is the shipped file's.
 //
+// Clean-up: every container, namespace and pin the tests make goes when
+// they end; the image `make image` tagged (localhost/xdpguard:latest and
+// :VERSION, what the DaemonSet names) stays, as after any `make image`; the
+// reproducibility test's second build is untagged.
+//
 // Settings this VM needs live here only, never in the image or the
 // manifests: podman's runc runtime (crun rejects the VM's hybrid cgroups)
 // and lowered nofile/nproc ulimits (the VM grants no CAP_SYS_RESOURCE).
