@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/xdpguard/xdpguard/internal/agent/config"
+	"github.com/xdpguard/xdpguard/loader"
 )
 
 func agentConfig(t *testing.T, m *Manifests) *config.Config {
@@ -287,6 +288,11 @@ func TestDaemonSetMounts(t *testing.T) {
 	}
 	if !strings.HasPrefix(pinPath, bpffs.MountPath+"/") {
 		t.Errorf("config pin_path %s is not under the bpffs mount %s: pins would land in the container", pinPath, bpffs.MountPath)
+	}
+	// On the node the pins are where the CLI and the systemd unit look by
+	// default, so `xdpguard status` there needs no --pin-path.
+	if onNode := filepath.Join("/sys/fs/bpf", strings.TrimPrefix(pinPath, bpffs.MountPath)); onNode != loader.DefaultPinPath {
+		t.Errorf("pins at %s on the node, want %s", onNode, loader.DefaultPinPath)
 	}
 	if bpffs.MountPath == "/sys/fs/bpf" || strings.HasPrefix(bpffs.MountPath, "/sys/fs/bpf/") {
 		t.Errorf("bpffs mounted at %s: under /sys/fs/bpf the agent mounts a BPF filesystem of its own when the node has none, and that one dies with the pod", bpffs.MountPath)
