@@ -576,3 +576,54 @@ func TestNodeWithoutBPFFS(t *testing.T) {
 		t.Errorf("the node's directory has %v (%v): the pod pinned there without a BPF filesystem", entries, err)
 	}
 }
+
+// A config change the agent refuses, rolled out: the new pod fails (the
+// rollout stops there) and the node keeps the protection the old pod left.
+func TestRejectedConfigKeepsProtection(t *testing.T) {
+	requireImage(t)
+	p := newPodLab(t)
+	a := startPod(t, p.node)
+	waitReady(t, p.Reflector, p.addr, a, p.node, 60*time.Second)
+	prog, err := p.xdpProgram()
+	if err != nil || prog == 0 {
+		t.Fatalf("no XDP program on %s (%v)", lab.Refl0If, err)
+	}
+	if _, err := a.stop(*p.node.m.DaemonSet.Spec.Template.Spec.TerminationGracePeriodSeconds); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(p.node.configDir, deploytest.ConfigKey)
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := strings.Replace(string(raw), "\nmode: enforce\n", "\nmode: enforcing\n", 1)
+	if bad == string(raw) {
+		t.Fatal("the config has no line `mode: enforce` to break")
+	}
+	if err := os.WriteFile(file, []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b := startPod(t, p.node)
+	nstest.Eventually(t, 30*time.Second, "the pod with the refused config to exit", func() (bool, error) {
+		ok, err := b.running()
+		return err == nil && !ok, err
+	})
+	logs := b.logs()
+	if !strings.Contains(logs, deploytest.ConfigMount+"/"+deploytest.ConfigKey+":") || !strings.Contains(logs, "mode") {
+		t.Errorf("the refusal does not name the file, line and field:\n%s", logs)
+	}
+	if now, err := p.xdpProgram(); err != nil || now != prog {
+		t.Fatalf("refl0's XDP program is %d (%v), want %d still in force", now, err, prog)
+	}
+	d0, err := p.drops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := p.gets(t)
+	p.send(t, 50)
+	p.waitDrops(t, d0+50, "requests dropped with no pod running and a refused config")
+	if g := p.gets(t); g != base {
+		t.Errorf("memcached cmd_get +%d", g-base)
+	}
+	t.Logf("refused config: the new pod exited; protection stays:\n%s", logs)
+}
