@@ -381,8 +381,15 @@ func (r *applyRun) reattach(l netlink.Link, dir string, opts AttachOptions) erro
 	r.t.closeAtEnd(dp)
 	upgrade := opts.Reload
 	if !current && !upgrade {
+		// Compared by loading: the XDP program, then the egress one
+		// (a change to the TC program alone is an upgrade too).
 		if upgrade, err = cur.programsChanged(dp); err != nil {
 			return err
+		}
+		if !upgrade {
+			if upgrade, err = cur.tcChanged(l, dp.TC); err != nil {
+				return err
+			}
 		}
 	}
 	if upgrade {
@@ -785,4 +792,27 @@ func (g *Guard) DetachEverywhere() ([]Change, error) {
 	}
 	errs = append(errs, g.removeIfUnused())
 	return changes, errors.Join(errs...)
+}
+
+// tcChanged reports whether the attached egress program differs from next,
+// a freshly loaded instance, by kernel tag; false without egress.
+func (a *attachment) tcChanged(l netlink.Link, next *ebpf.Program) (bool, error) {
+	xdp, tc, err := a.programs(l)
+	if err != nil {
+		return false, err
+	}
+	xdp.Close()
+	if tc == nil {
+		return false, nil
+	}
+	defer tc.Close()
+	cur, err := tc.Info()
+	if err != nil {
+		return false, fmt.Errorf("read attached TC program: %w", err)
+	}
+	want, err := next.Info()
+	if err != nil {
+		return false, fmt.Errorf("read loaded TC program: %w", err)
+	}
+	return cur.Tag != want.Tag, nil
 }

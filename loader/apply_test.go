@@ -415,3 +415,65 @@ func TestDetachEverywhere(t *testing.T) {
 		t.Errorf("B's cls_bpf filter (program %d) is left", id)
 	}
 }
+
+// TestUpgradeOfTheEgressProgramAlone: an attached interface whose egress
+// program differs from this binary's (an upgrade that changed only the TC
+// program) is upgraded, not left "unchanged".
+func TestUpgradeOfTheEgressProgramAlone(t *testing.T) {
+	r := newRig(t)
+	r.attach(t, AttachOptions{Egress: true})
+	other, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "xdpguard_tc", Type: ebpf.SchedCLS, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	otherInfo, _ := other.Info()
+	otherID, _ := otherInfo.ID()
+	tcProgOnLink := func() ebpf.ProgramID {
+		t.Helper()
+		var id ebpf.ProgramID
+		r.do(t, func(g *Guard) error {
+			ns, _ := CurrentNetns()
+			l, err := netlink.LinkByName(rigHostIf)
+			if err != nil {
+				return err
+			}
+			a, err := loadAttachment(g.ifaceDir(ns, l.Attrs().Index), l.Attrs().Index)
+			if err != nil {
+				return err
+			}
+			defer a.close()
+			info, err := a.tc.Info()
+			if err == nil {
+				id = info.Program
+			}
+			return err
+		})
+		return id
+	}
+	r.do(t, func(g *Guard) error {
+		ns, _ := CurrentNetns()
+		l, err := netlink.LinkByName(rigHostIf)
+		if err != nil {
+			return err
+		}
+		a, err := loadAttachment(g.ifaceDir(ns, l.Attrs().Index), l.Attrs().Index)
+		if err != nil {
+			return err
+		}
+		defer a.close()
+		return a.tc.Update(other)
+	})
+	if tcProgOnLink() != otherID {
+		t.Fatal("the test could not put another egress program in place")
+	}
+	if res := r.attach(t, AttachOptions{Egress: true}); res.Action != "replaced" {
+		t.Fatalf("attach over another egress program: %+v, want replaced", res)
+	}
+	if tcProgOnLink() == otherID {
+		t.Fatal("the other egress program is still attached")
+	}
+}

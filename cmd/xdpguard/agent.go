@@ -17,6 +17,7 @@ import (
 	"github.com/xdpguard/xdpguard/internal/agent/config"
 	"github.com/xdpguard/xdpguard/internal/agent/sdnotify"
 	"github.com/xdpguard/xdpguard/internal/metrics"
+	"github.com/xdpguard/xdpguard/loader"
 )
 
 func init() {
@@ -38,7 +39,8 @@ reason in the log, and what runs stays as it was.
 The pin path comes from the config's pin_path, not from --pin-path. An agent
 that finds pinned state adopts it, with no gap. SIGKILL leaves every
 interface protected; SIGTERM keeps protection too unless on_stop: detach.
-Under systemd (Type=notify) it reports READY, RELOADING and STOPPING.
+Under systemd (Type=notify) it reports READY, RELOADING and STOPPING. It
+serves /metrics, /healthz and /readyz on the config's metrics.listen.
 
 --check-config FILE validates FILE and the allow-list files it names without
 touching the kernel, and exits 1 with every error (FILE:LINE: FIELD: ...).`,
@@ -80,6 +82,9 @@ func runAgent(c *cli, fs *pflag.FlagSet, args []string) error {
 		return err
 	}
 	cfg := a.Config()
+	if c.pinPath != loader.DefaultPinPath && c.pinPath != cfg.PinPath {
+		log.Warn("--pin-path and $"+pinPathEnv+" do not apply to the agent: it uses the config's pin_path", "pin_path", cfg.PinPath, "ignored", c.pinPath)
+	}
 	// Up before the first reconcile, so /healthz answers while a host's
 	// interfaces are being attached. A port that cannot be bound is logged,
 	// not fatal: protection matters more than its metrics.

@@ -81,6 +81,9 @@ type Agent struct {
 
 	cfg *config.Config // the config in force
 	fw  *filewatch.Watcher
+	// stopping reports whether the agent has been told to stop: a long
+	// reconcile ends early between batches.
+	stopping func() bool
 	// links is ifindex -> name as the last reconcile saw them, to say in
 	// the log why an interface changed (appeared, renamed, gone).
 	links map[int]string
@@ -91,10 +94,12 @@ type Agent struct {
 	// failedLogged remembers each interface's last logged failure, so a
 	// retry that fails the same way does not log it again.
 	failedLogged map[string]string
-	// absentLogged holds the literal include names logged as absent.
-	absentLogged map[string]bool
-	retry        time.Duration
-	configErr    string // the last config load's error, logged once
+	// absentLogged holds the literal include names logged as absent,
+	// nonEtherLogged the matching interfaces logged as not Ethernet.
+	absentLogged, nonEtherLogged map[string]bool
+	retry                        time.Duration
+	configErr                    string // the last config load's error, logged once
+	lastApplyErr                 string // the last whole Apply's error, logged once
 
 	mu     sync.Mutex
 	status Status
@@ -139,7 +144,11 @@ func New(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{opts: opts, log: opts.Log, obs: opts.Observer, cfg: cfg, failedLogged: map[string]string{}, absentLogged: map[string]bool{}}
+	a := &Agent{
+		opts: opts, log: opts.Log, obs: opts.Observer, cfg: cfg,
+		stopping:     func() bool { return false },
+		failedLogged: map[string]string{}, absentLogged: map[string]bool{}, nonEtherLogged: map[string]bool{},
+	}
 	if a.obs == nil {
 		a.obs = nopObserver{}
 	}
@@ -227,6 +236,7 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	defer fw.Close()
 	a.fw = fw
 	a.watchFiles()
+	a.stopping = func() bool { return ctx.Err() != nil }
 
 	links := newLinkWatcher(a.log, a.opts.NetlinkBuffer)
 	linkCtx, stopLinks := context.WithCancel(ctx)
@@ -234,7 +244,7 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	go func() { defer close(linksDone); links.run(linkCtx) }()
 	defer func() { stopLinks(); <-linksDone }()
 
-	if err := a.reconcile(true, "agent start"); err != nil && errors.Is(err, errFatal) {
+	if err := a.reconcile(true, "agent start"); errors.Is(err, errFatal) {
 		return err
 	}
 	a.notify(sdnotify.Ready + "\n" + a.statusLine())
@@ -260,6 +270,20 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 			timer.Reset(d)
 		}
 	}
+	// armRetry retries, backing off, while an interface is unprotected or
+	// the last reconcile failed.
+	armRetry := func() {
+		if st := a.Status(); len(st.Unprotected) == 0 && a.clean {
+			a.retry = 0
+			return
+		}
+		if !retryWant {
+			a.retry = min(max(a.retry*2, retryMin), retryMax)
+			retryT.Reset(a.retry)
+			retryWant = true
+		}
+	}
+	armRetry()
 	for {
 		select {
 		case <-ctx.Done():
@@ -299,16 +323,7 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 				a.reconcile(got.full, why)
 			}
 		}
-		// Retry while an interface is unprotected, backing off.
-		if st := a.Status(); len(st.Unprotected) > 0 || !a.clean {
-			if !retryWant {
-				a.retry = min(max(a.retry*2, retryMin), retryMax)
-				retryT.Reset(a.retry)
-				retryWant = true
-			}
-		} else {
-			a.retry = 0
-		}
+		armRetry()
 	}
 }
 
@@ -319,11 +334,10 @@ func (a *Agent) watchFiles() {
 	}
 }
 
-// reloadConfig reads the config again. A file that does not validate is
-// logged (once for the same error) and changes nothing. A valid one that
-// differs from the one in force, or any valid one when force is set
-// (SIGHUP), is applied.
-// It reports whether it reconciled.
+// reloadConfig reads the config again. A file that does not validate
+// changes nothing and is logged (once for the same error, unless force). A
+// valid one that differs from the one in force, or any valid one when force
+// is set (SIGHUP), is applied. It reports whether it reconciled.
 func (a *Agent) reloadConfig(why string, force bool) bool {
 	cfg, err := config.Load(a.opts.ConfigPath)
 	if err == nil && cfg.PinPath != a.cfg.PinPath {

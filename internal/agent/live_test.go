@@ -89,6 +89,15 @@ func TestLiveConfig(t *testing.T) {
 	if a.log.count("config valid again") != 1 {
 		t.Errorf("no log line saying the config is valid again")
 	}
+
+	// A pin_path that moves: refused, the state stays where it is.
+	writeAtomic(t, cfg, "pin_path: /sys/fs/bpf/elsewhere\nmetrics:\n  listen: \"\"\n"+base+"ports: [53]\n")
+	nstest.Eventually(t, 5*time.Second, "the moved pin_path to be refused", func() (bool, error) {
+		return a.log.count("config rejected", "pin_path: changed from "+h.pin) == 1, nil
+	})
+	if _, err := os.Stat("/sys/fs/bpf/elsewhere"); !os.IsNotExist(err) {
+		t.Errorf("a refused pin_path was created (%v)", err)
+	}
 	for _, l := range a.log.all() {
 		if strings.Contains(l, `"level":"ERROR"`) && !strings.Contains(l, "config rejected") {
 			t.Errorf("unexpected error logged: %s", l)
@@ -117,4 +126,74 @@ func TestCheckConfigTouchesNothing(t *testing.T) {
 	if _, err := os.Stat(h.pin); !os.IsNotExist(err) {
 		t.Errorf("--check-config made %s (%v)", h.pin, err)
 	}
+}
+
+// TestResyncRepairs: what the agent cannot hear about (interfaces detached
+// by hand, which raises no link event, and with them the shared state) is put
+// right by the periodic resync.
+func TestResyncRepairs(t *testing.T) {
+	t.Parallel()
+	h := newHost(t)
+	h.veth(t, "xr0")
+	h.veth(t, "xr1")
+	cfg := h.writeConfig(t, "interfaces:\n  include: [\"xr*\"]\nports: [11211, 53]\nresync_interval: 1s\n")
+	a := h.startAgent(t, cfg)
+	for _, n := range []string{"xr0", "xr1"} {
+		if out, err := h.ns.Run(xdpguardBin, "--pin-path", h.pin, "detach", n); err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+	}
+	if h.kernelXDP(t, "xr0") != 0 {
+		t.Fatal("detach by hand left xr0 protected: the test would prove nothing")
+	}
+	st := h.waitFor(t, 5*time.Second, "the resync to protect xr0 and xr1 again", func(st status) bool {
+		return st.has("xr0", "xdp") && st.has("xr1", "xdp")
+	})
+	if !reflect.DeepEqual(st.Config.Ports, []uint16{53, 11211}) {
+		t.Errorf("after the state was removed and made again, ports %v, want the config's 53,11211", st.Config.Ports)
+	}
+	if a.log.count(`"what":"attached"`, `"interface":"xr0"`, `"trigger":"periodic resync"`) != 1 {
+		t.Errorf("no log line saying the periodic resync attached xr0 again")
+	}
+}
+
+// TestConfigMapSymlinkSwap: a config mounted as Kubernetes mounts a
+// ConfigMap (xdpguard.yaml -> ..data/xdpguard.yaml, ..data -> a timestamped
+// directory, swapped by renaming a new ..data over it) is applied when the
+// swap happens, though no event names xdpguard.yaml.
+func TestConfigMapSymlinkSwap(t *testing.T) {
+	t.Parallel()
+	h := newHost(t)
+	h.veth(t, "xk0")
+	version := func(name, ports string) {
+		t.Helper()
+		d := filepath.Join(h.dir, name)
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		body := "pin_path: " + h.pin + "\nmetrics:\n  listen: \"\"\ninterfaces:\n  include: [xk0]\nports: " + ports + "\n"
+		if err := os.WriteFile(filepath.Join(d, "xdpguard.yaml"), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		tmp := filepath.Join(h.dir, "..data_tmp")
+		if err := os.Symlink(name, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(h.dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version("..2026_11_28_01", "[11211]")
+	cfg := filepath.Join(h.dir, "xdpguard.yaml")
+	if err := os.Symlink("..data/xdpguard.yaml", cfg); err != nil {
+		t.Fatal(err)
+	}
+	h.startAgent(t, cfg)
+	if st := h.status(t); !st.has("xk0", "xdp") || !reflect.DeepEqual(st.Config.Ports, []uint16{11211}) {
+		t.Fatalf("start: %+v", st)
+	}
+	version("..2026_11_28_02", "[11211, 11311]")
+	h.waitFor(t, 5*time.Second, "the swapped-in ports", func(st status) bool {
+		return reflect.DeepEqual(st.Config.Ports, []uint16{11211, 11311})
+	})
 }

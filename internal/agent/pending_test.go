@@ -1,8 +1,12 @@
 package agent
 
 import (
+	"fmt"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/xdpguard/xdpguard/loader"
 )
 
 // TestPendingCoalesces: a burst runs once its events stop for `quiet`, or
@@ -44,5 +48,34 @@ func TestPendingCoalesces(t *testing.T) {
 	}
 	if _, why := p.take(); why != "a; b; c; d; ..." {
 		t.Fatalf("many reasons: %q, want the first four and ...", why)
+	}
+}
+
+// TestSplitNew: few new interfaces go in one transaction with the rest;
+// many are attached after the rest, in batches of newBatch.
+func TestSplitNew(t *testing.T) {
+	specs := func(prefix string, n int) []loader.InterfaceSpec {
+		var out []loader.InterfaceSpec
+		for i := range n {
+			out = append(out, loader.InterfaceSpec{Name: fmt.Sprintf("%s%d", prefix, i)})
+		}
+		return out
+	}
+	old := specs("old", 3)
+	few := append(slices.Clone(old), specs("new", newBatch)...)
+	if first, later := splitNew(few, old); len(first) != len(few) || later != nil {
+		t.Fatalf("%d new: first %d, %d batches; want all at once", newBatch, len(first), len(later))
+	}
+	many := append(slices.Clone(old), specs("new", 2*newBatch+1)...)
+	first, later := splitNew(many, old)
+	if !slices.Equal(first, old) || len(later) != 3 || len(later[0]) != newBatch || len(later[2]) != 1 {
+		t.Fatalf("%d new: first %v, batches %v", 2*newBatch+1, first, later)
+	}
+	var all []loader.InterfaceSpec
+	for _, b := range later {
+		all = append(all, b...)
+	}
+	if !slices.Equal(all, many[len(old):]) {
+		t.Fatalf("batches %v do not hold every new interface once, in order", later)
 	}
 }

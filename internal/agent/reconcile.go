@@ -52,6 +52,18 @@ func (a *Agent) makePlan() (*plan, error) {
 		default:
 			p.why[name] = fmt.Sprintf("interface %s %s", name, why)
 		}
+		if ok && !ethernet(l) {
+			// The programs parse Ethernet frames; on a device without
+			// them (tun, wireguard, ipip) every field would be read
+			// at the wrong offset.
+			if !a.nonEtherLogged[name] {
+				a.log.Warn("interface matches but is not an Ethernet device: not protected", "interface", name,
+					"encap", l.Attrs().EncapType, "why", p.why[name])
+				a.nonEtherLogged[name] = true
+			}
+			continue
+		}
+		delete(a.nonEtherLogged, name)
 		if ok {
 			p.specs = append(p.specs, loader.InterfaceSpec{
 				Name: name, Mode: in.XDPMode, Egress: in.Egress, TCBackend: in.TCBackend,
@@ -87,6 +99,17 @@ func (a *Agent) noteAbsent(links map[int]string) {
 	}
 }
 
+// ethernet reports whether l's frames carry an Ethernet header, as the
+// programs expect: Ethernet devices, and loopback (which frames its packets
+// with an all-zero Ethernet header).
+func ethernet(l netlink.Link) bool {
+	switch l.Attrs().EncapType {
+	case "ether", "loopback":
+		return true
+	}
+	return false
+}
+
 // gone is how the loader names an interface that no longer exists.
 func gone(ifindex int) string { return fmt.Sprintf("(gone, ifindex %d)", ifindex) }
 
@@ -115,17 +138,60 @@ func (a *Agent) reconcile(full bool, why string) error {
 	want := loader.DesiredState{Interfaces: p.specs, Config: a.cfg.LoaderConfig(), Allow: a.cfg.Allow.All}
 	scope := loader.ApplyScope{Interfaces: true, PruneInterfaces: true, Config: full, Allow: full}
 	start := time.Now()
-	changes, err := g.Apply(want, a.applyOptions(scope))
-	failed := map[string]error{}
-	if err != nil {
-		a.log.Warn("applying all interfaces at once failed, and changed nothing; applying them one by one", "why", why, "error", err)
-		// A failed first Apply takes back the shared state its Guard
-		// created (the pinned maps): open it afresh for the next ones.
-		g.Close()
-		if g, err = loader.Open(a.cfg.PinPath, true); err != nil {
-			return a.reconciled(why, fmt.Errorf("%w: %w", errFatal, err))
+	var (
+		changes []loader.Change
+		failed  = map[string]error{}
+		later   [][]loader.InterfaceSpec
+	)
+	if fresh, ok := a.onlyNew(full, p); ok {
+		// Interfaces only came: attach them and touch nothing else, so
+		// that a new interface is protected in the time its own attach
+		// takes, however many are protected already.
+		later = batches(fresh)
+	} else {
+		// Many new interfaces at once (a burst of containers' veths) are
+		// attached in batches after the rest, each its own transaction:
+		// a failure takes back one batch, not hundreds of attaches, and
+		// the agent can stop between batches.
+		first := want
+		if before, err := g.AttachedHere(); err == nil {
+			first.Interfaces, later = splitNew(p.specs, before)
 		}
-		changes, failed, err = a.applyEach(g, want, scope)
+		changes, err = g.Apply(first, a.applyOptions(scope))
+		if err != nil {
+			if msg := err.Error(); msg != a.lastApplyErr {
+				a.log.Warn("applying all interfaces at once failed, and changed nothing; applying them one by one", "why", why, "error", msg)
+				a.lastApplyErr = msg
+			}
+			// A failed first Apply takes back the shared state its
+			// Guard created (the pinned maps): open it afresh.
+			g.Close()
+			if g, err = loader.Open(a.cfg.PinPath, true); err != nil {
+				return a.reconciled(why, fmt.Errorf("%w: %w", errFatal, err))
+			}
+			changes, failed, err = a.applyEach(g, want, scope)
+			later = nil
+		} else {
+			a.lastApplyErr = ""
+		}
+	}
+	for _, batch := range later {
+		if a.stopping() {
+			break
+		}
+		cs, berr := g.Apply(loader.DesiredState{Interfaces: batch}, a.applyOptions(loader.ApplyScope{Interfaces: true}))
+		if berr == nil {
+			changes = append(changes, cs...)
+			continue
+		}
+		a.log.Warn("attaching new interfaces failed, and changed nothing; attaching them one by one", "why", why, "error", berr)
+		for _, s := range batch {
+			cs, ferr := a.applyOne(g, s)
+			changes = append(changes, cs...)
+			if ferr != nil && !errors.Is(ferr, errGone) {
+				failed[s.Name] = ferr
+			}
+		}
 	}
 	for _, c := range changes {
 		a.logChange(c, why, p)
@@ -201,16 +267,23 @@ func (a *Agent) reconcile(full bool, why string) error {
 }
 
 // reconciled records the end of a reconcile for the status and observer.
+// A reconcile that left some interfaces unprotected did its work (each such
+// interface is logged, and counted by SetInterfaces); one that failed
+// changed nothing, and is an error.
 func (a *Agent) reconciled(why string, err error) error {
+	failed := err
+	if errors.Is(err, errUnprotected) {
+		failed = nil
+	}
 	if err != nil {
 		a.clean = false
-		if !errors.Is(err, errUnprotected) {
-			a.log.Error("reconcile failed; the previous state stays in force", "why", why, "error", err)
-		}
+	}
+	if failed != nil {
+		a.log.Error("reconcile failed; the previous state stays in force", "why", why, "error", err)
 	}
 	a.updateStatus(func(s *Status) {
 		s.Reconciles++
-		if err != nil {
+		if failed != nil {
 			s.Errors++
 		}
 		s.Last = time.Now()
@@ -222,7 +295,7 @@ func (a *Agent) reconciled(why string, err error) error {
 			}
 		}
 	})
-	a.obs.Reconciled(why, err)
+	a.obs.Reconciled(why, failed)
 	return err
 }
 
@@ -256,15 +329,13 @@ func (a *Agent) applyEach(g *loader.Guard, want loader.DesiredState, scope loade
 	}
 	var keep []loader.InterfaceSpec
 	for _, s := range want.Interfaces {
-		cs, err := g.Apply(loader.DesiredState{Interfaces: []loader.InterfaceSpec{s}}, a.applyOptions(loader.ApplyScope{Interfaces: true}))
+		cs, err := a.applyOne(g, s)
+		changes = append(changes, cs...)
 		if err == nil {
-			changes = append(changes, cs...)
 			keep = append(keep, s)
 			continue
 		}
-		if _, lerr := netlink.LinkByName(s.Name); lerr != nil {
-			// Gone since it was listed: the link event that says so
-			// brings the next reconcile.
+		if errors.Is(err, errGone) {
 			continue
 		}
 		failed[s.Name] = err
@@ -281,6 +352,84 @@ func (a *Agent) applyEach(g *loader.Guard, want loader.DesiredState, scope loade
 		changes = append(changes, cs...)
 	}
 	return changes, failed, nil
+}
+
+// applyOne attaches (or keeps, or upgrades) one interface on its own. An
+// interface gone since it was listed is no failure: the link event that
+// says so brings the next reconcile.
+func (a *Agent) applyOne(g *loader.Guard, s loader.InterfaceSpec) ([]loader.Change, error) {
+	cs, err := g.Apply(loader.DesiredState{Interfaces: []loader.InterfaceSpec{s}}, a.applyOptions(loader.ApplyScope{Interfaces: true}))
+	if err == nil {
+		return cs, nil
+	}
+	if _, lerr := netlink.LinkByName(s.Name); lerr != nil {
+		return nil, errGone
+	}
+	return nil, err
+}
+
+// errGone marks an interface deleted while it was being applied.
+var errGone = errors.New("interface gone")
+
+// newBatch is how many new interfaces one transaction attaches when more
+// than that come at once (about 0.2 s each on a small machine).
+const newBatch = 16
+
+// onlyNew reports whether a links-only reconcile after a clean one finds
+// interfaces that only came (none gone, none renamed), and returns the new
+// ones the config wants.
+func (a *Agent) onlyNew(full bool, p *plan) ([]loader.InterfaceSpec, bool) {
+	if full || !a.clean || a.links == nil {
+		return nil, false
+	}
+	for idx, name := range a.links {
+		if p.links[idx] != name {
+			return nil, false
+		}
+	}
+	old := map[string]bool{}
+	for _, name := range a.links {
+		old[name] = true
+	}
+	var fresh []loader.InterfaceSpec
+	for _, s := range p.specs {
+		if !old[s.Name] {
+			fresh = append(fresh, s)
+		}
+	}
+	return fresh, true
+}
+
+// batches cuts specs into transactions of newBatch.
+func batches(specs []loader.InterfaceSpec) [][]loader.InterfaceSpec {
+	var out [][]loader.InterfaceSpec
+	for len(specs) > 0 {
+		n := min(newBatch, len(specs))
+		out = append(out, specs[:n:n])
+		specs = specs[n:]
+	}
+	return out
+}
+
+// splitNew splits the wanted interfaces into those to apply first (all of
+// them, when few are new) and batches of new ones.
+func splitNew(specs, attached []loader.InterfaceSpec) ([]loader.InterfaceSpec, [][]loader.InterfaceSpec) {
+	have := map[string]bool{}
+	for _, s := range attached {
+		have[s.Name] = true
+	}
+	var old, fresh []loader.InterfaceSpec
+	for _, s := range specs {
+		if have[s.Name] {
+			old = append(old, s)
+		} else {
+			fresh = append(fresh, s)
+		}
+	}
+	if len(fresh) <= newBatch {
+		return specs, nil
+	}
+	return old, batches(fresh)
 }
 
 // logChange logs one change the loader made: what, where, and why.
