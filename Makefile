@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 BIN := bin/xdpguard
 
-.PHONY: all deps generate build test vmtest fuzz demo bench install clean
+.PHONY: all deps generate build test vmtest fuzz demo bench install image clean
 
 all: build
 
@@ -49,6 +49,20 @@ install: build
 	chmod 0644 $(DESTDIR)$(UNITDIR)/xdpguard.service
 	test -e $(DESTDIR)$(CONFDIR)/xdpguard.yaml || install -m 0644 deploy/xdpguard.yaml $(DESTDIR)$(CONFDIR)/xdpguard.yaml
 	test -e $(DESTDIR)$(CONFDIR)/allow.txt || install -m 0644 deploy/allow.txt $(DESTDIR)$(CONFDIR)/allow.txt
+
+# The container image (Containerfile): the static binary built here, in an
+# empty image whose every timestamp is the last commit's, so the same source
+# gives the same digest. Never from the layer cache: a cached step keeps the
+# timestamps and parent ids of the build that made it.
+IMAGE ?= localhost/xdpguard
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+IMAGE_BUILDER ?= $(if $(shell command -v podman),podman build,buildah bud)
+image:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS) -s -w -buildid=" -o bin/image/xdpguard ./cmd/xdpguard
+	$(IMAGE_BUILDER) --layers=false --timestamp $(SOURCE_DATE_EPOCH) --identity-label=false \
+		--build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) \
+		-f Containerfile -t $(IMAGE):latest -t $(IMAGE):$(VERSION) bin/image
 
 clean:
 	rm -rf bin

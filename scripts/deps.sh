@@ -5,6 +5,8 @@ set -euo pipefail
 pkgs=(clang llvm libbpf-dev bpftool xdp-tools memcached netsniff-ng nftables tcpdump iproute2 python3-scapy)
 # The agent's tests: a real Prometheus (and promtool), systemd-analyze.
 pkgs+=(prometheus systemd)
+# make image and the container tests.
+pkgs+=(podman buildah runc)
 # make vmtest: qemu boots the test kernels, busybox-static is their initramfs,
 # kmod's depmod/modprobe resolve their modules, xz unpacks compressed ones.
 pkgs+=(qemu-system-x86 busybox-static kmod xz-utils util-linux debian-archive-keyring)
@@ -12,6 +14,7 @@ missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+command -v kubectl >/dev/null || missing+=(kubernetes-client) # kubectl kustomize: the manifests' tests
 if ((${#missing[@]})); then
 	echo "deps: installing ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
