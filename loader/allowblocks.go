@@ -1,0 +1,250 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+)
+
+// The block bitmaps (xdpguard_allow4_blocks, xdpguard_allow6_blocks in
+// bpf/xdpguard.c) say which address blocks the allow lists touch: block b is
+// the addresses whose leading blockBits bits are b, and its bit is set when a
+// listed prefix covers the block or lies inside it. The data plane walks a
+// trie only for a peer whose block's bit is set.
+//
+// A set bit with no prefix behind it costs a trie walk and changes no answer;
+// a clear bit with a prefix behind it would drop a listed peer. So every
+// change keeps this order, and a packet between two writes gets the answer of
+// the list before the change or of the list after it:
+//
+//   - adds: the prefixes go into the trie first, then their blocks' bits are
+//     set. Before the bit, the new peer is treated as unlisted: the old
+//     list's answer.
+//   - deletes: the prefixes leave the trie first, then the bits of blocks no
+//     remaining prefix touches are cleared (computed from the whole remaining
+//     list, never by counting). While the bit is still set, the trie already
+//     answers as the new list does.
+//
+// A bit set for an add that is rolled back stays set: the trie answers
+// exactly, the bitmap only saves work.
+const (
+	allow4BlockBits = 16 // ALLOW4_BLOCK_BITS
+	allow6BlockBits = 24 // ALLOW6_BLOCK_BITS
+)
+
+// blockBitmap is one family's bitmap in memory, word i being array slot i.
+type blockBitmap []uint64
+
+func newBlockBitmap(v6 bool) blockBitmap {
+	if v6 {
+		return make(blockBitmap, 1<<allow6BlockBits/64)
+	}
+	return make(blockBitmap, 1<<allow4BlockBits/64)
+}
+
+// blockRange returns the first and last block p touches.
+func blockRange(p netip.Prefix) (first, last uint32) {
+	a := p.Addr().As16()
+	width, top := allow6BlockBits, uint32(a[0])<<16|uint32(a[1])<<8|uint32(a[2])
+	if p.Addr().Is4() {
+		a4 := p.Addr().As4()
+		width, top = allow4BlockBits, uint32(a4[0])<<8|uint32(a4[1])
+	}
+	if p.Bits() >= width {
+		return top, top
+	}
+	span := uint32(1)<<(width-p.Bits()) - 1
+	return top &^ span, top | span
+}
+
+// setRange sets the bits of blocks first to last.
+func (b blockBitmap) setRange(first, last uint32) {
+	for blk := first; blk <= last; {
+		if blk%64 == 0 && last-blk >= 63 {
+			b[blk/64] = ^uint64(0)
+			blk += 64
+		} else {
+			b[blk/64] |= 1 << (blk % 64)
+			blk++
+		}
+	}
+}
+
+// blocksOf returns the bitmaps of the blocks ps touch, nil for a family
+// without prefixes.
+func blocksOf(ps []netip.Prefix) (v4, v6 blockBitmap) {
+	for _, p := range ps {
+		first, last := blockRange(p)
+		if p.Addr().Is4() {
+			if v4 == nil {
+				v4 = newBlockBitmap(false)
+			}
+			v4.setRange(first, last)
+		} else {
+			if v6 == nil {
+				v6 = newBlockBitmap(true)
+			}
+			v6.setRange(first, last)
+		}
+	}
+	return v4, v6
+}
+
+// readBlocks reads a whole bitmap map.
+func readBlocks(m *ebpf.Map) (blockBitmap, error) {
+	out := make(blockBitmap, m.MaxEntries())
+	keys := make([]uint32, batchChunk)
+	vals := make([]uint64, batchChunk)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			out[keys[i]] = vals[i]
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return out, nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read allow-list block bitmap: %w", err)
+		}
+	}
+	for i := range out { // no batches in this kernel: word by word
+		if err := m.Lookup(uint32(i), &out[i]); err != nil {
+			return nil, fmt.Errorf("read allow-list block bitmap: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// writeBlocks writes the words of next that differ from cur, in batches;
+// each word is one 8-byte store in the kernel, so a reader sees every bit
+// either before or after.
+func writeBlocks(m *ebpf.Map, cur, next blockBitmap) error {
+	var keys []uint32
+	var vals []uint64
+	for i := range next {
+		if next[i] != cur[i] {
+			keys = append(keys, uint32(i))
+			vals = append(vals, next[i])
+		}
+	}
+	for len(keys) > 0 {
+		n := min(len(keys), batchChunk)
+		_, err := m.BatchUpdate(keys[:n], vals[:n], nil)
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			for i := range n {
+				if err := m.Update(keys[i], vals[i], ebpf.UpdateExist); err != nil {
+					return fmt.Errorf("write allow-list block bitmap: %w", err)
+				}
+			}
+		} else if err != nil {
+			return fmt.Errorf("write allow-list block bitmap: %w", err)
+		}
+		keys, vals = keys[n:], vals[n:]
+	}
+	return nil
+}
+
+func (m *Maps) blocksMap(v6 bool) *ebpf.Map {
+	if v6 {
+		return m.Allow6Blocks
+	}
+	return m.Allow4Blocks
+}
+
+// setBlocks sets the bits of the blocks ps touch. Call it after ps are in
+// the tries.
+func (m *Maps) setBlocks(ps []netip.Prefix) error {
+	add4, add6 := blocksOf(ps)
+	for _, f := range []struct {
+		v6  bool
+		add blockBitmap
+	}{{false, add4}, {true, add6}} {
+		if f.add == nil {
+			continue
+		}
+		mp := m.blocksMap(f.v6)
+		cur, err := readBlocks(mp)
+		if err != nil {
+			return err
+		}
+		next := make(blockBitmap, len(cur))
+		for i := range cur {
+			next[i] = cur[i] | f.add[i]
+		}
+		if err := writeBlocks(mp, cur, next); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// clearBlocks clears the bits of blocks that deleted touched and remaining,
+// the whole list the tries hold now, does not. Call it after deleted are out
+// of the tries. It only ever clears bits.
+func (m *Maps) clearBlocks(deleted, remaining []netip.Prefix) error {
+	del4, del6 := blocksOf(deleted)
+	keep4, keep6 := blocksOf(remaining)
+	for _, f := range []struct {
+		v6        bool
+		del, keep blockBitmap
+	}{{false, del4, keep4}, {true, del6, keep6}} {
+		if f.del == nil {
+			continue
+		}
+		if f.keep == nil {
+			f.keep = newBlockBitmap(f.v6)
+		}
+		mp := m.blocksMap(f.v6)
+		cur, err := readBlocks(mp)
+		if err != nil {
+			return err
+		}
+		next := make(blockBitmap, len(cur))
+		for i := range cur {
+			next[i] = cur[i] &^ (f.del[i] &^ f.keep[i])
+		}
+		if err := writeBlocks(mp, cur, next); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// clearAllBlocks clears both bitmaps; the tries must be empty.
+func (m *Maps) clearAllBlocks() error {
+	for _, v6 := range []bool{false, true} {
+		mp := m.blocksMap(v6)
+		cur, err := readBlocks(mp)
+		if err != nil {
+			return err
+		}
+		if err := writeBlocks(mp, cur, make(blockBitmap, len(cur))); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fillAllBlocks sets every bit: the trie is then walked for every peer, as
+// before the bitmaps existed. Exact whatever the tries hold; a read-only
+// open gives it to maps it cannot pin (state from before the bitmaps).
+func (m *Maps) fillAllBlocks() error {
+	for _, v6 := range []bool{false, true} {
+		mp := m.blocksMap(v6)
+		cur := make(blockBitmap, mp.MaxEntries())
+		next := make(blockBitmap, len(cur))
+		for i := range next {
+			next[i] = ^uint64(0)
+		}
+		if err := writeBlocks(mp, cur, next); err != nil {
+			return err
+		}
+	}
+	return nil
+}
