@@ -29,33 +29,24 @@ import (
 //
 // A bit set for an add that is rolled back stays set: the trie answers
 // exactly, the bitmap only saves work.
-const (
-	allow4BlockBits = 16 // ALLOW4_BLOCK_BITS
-	allow6BlockBits = 24 // ALLOW6_BLOCK_BITS
-)
+//
+// Blocks are /24s in both families (ALLOW4_BLOCK_BITS, ALLOW6_BLOCK_BITS): an
+// address's leading three bytes.
+const blockBits = 24
 
 // blockBitmap is one family's bitmap in memory, word i being array slot i.
 type blockBitmap []uint64
 
-func newBlockBitmap(v6 bool) blockBitmap {
-	if v6 {
-		return make(blockBitmap, 1<<allow6BlockBits/64)
-	}
-	return make(blockBitmap, 1<<allow4BlockBits/64)
-}
+func newBlockBitmap() blockBitmap { return make(blockBitmap, 1<<blockBits/64) }
 
 // blockRange returns the first and last block p touches.
 func blockRange(p netip.Prefix) (first, last uint32) {
-	a := p.Addr().As16()
-	width, top := allow6BlockBits, uint32(a[0])<<16|uint32(a[1])<<8|uint32(a[2])
-	if p.Addr().Is4() {
-		a4 := p.Addr().As4()
-		width, top = allow4BlockBits, uint32(a4[0])<<8|uint32(a4[1])
-	}
-	if p.Bits() >= width {
+	a := p.Addr().AsSlice()
+	top := uint32(a[0])<<16 | uint32(a[1])<<8 | uint32(a[2])
+	if p.Bits() >= blockBits {
 		return top, top
 	}
-	span := uint32(1)<<(width-p.Bits()) - 1
+	span := uint32(1)<<(blockBits-p.Bits()) - 1
 	return top &^ span, top | span
 }
 
@@ -79,12 +70,12 @@ func blocksOf(ps []netip.Prefix) (v4, v6 blockBitmap) {
 		first, last := blockRange(p)
 		if p.Addr().Is4() {
 			if v4 == nil {
-				v4 = newBlockBitmap(false)
+				v4 = newBlockBitmap()
 			}
 			v4.setRange(first, last)
 		} else {
 			if v6 == nil {
-				v6 = newBlockBitmap(true)
+				v6 = newBlockBitmap()
 			}
 			v6.setRange(first, last)
 		}
@@ -198,7 +189,7 @@ func (m *Maps) clearBlocks(deleted, remaining []netip.Prefix) error {
 			continue
 		}
 		if f.keep == nil {
-			f.keep = newBlockBitmap(f.v6)
+			f.keep = newBlockBitmap()
 		}
 		mp := m.blocksMap(f.v6)
 		cur, err := readBlocks(mp)

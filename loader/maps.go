@@ -13,7 +13,7 @@ type Maps struct {
 	Config *ebpf.Map // one slot: mode, fragment policy, port bitmap
 	Allow4 *ebpf.Map // LPM trie of trusted IPv4 peers
 	Allow6 *ebpf.Map // LPM trie of trusted IPv6 peers
-	// Bitmaps of the /16 (IPv4) and /24 (IPv6) blocks the tries touch: the
+	// Bitmaps of the /24 blocks (IPv4 and IPv6) the tries touch: the
 	// data plane walks a trie only where its block's bit is set.
 	Allow4Blocks *ebpf.Map
 	Allow6Blocks *ebpf.Map

@@ -110,6 +110,7 @@ const (
 	xdpguardProgXdpguardTcL3        = "xdpguard_tc_l3"
 	xdpguardProgXdpguardXdp         = "xdpguard_xdp"
 	xdpguardProgXdpguardXdpL3       = "xdpguard_xdp_l3"
+	xdpguardVarCoarseClock          = "coarse_clock"
 	xdpguardVarIp6fragTimeNs        = "ip6frag_time_ns"
 	xdpguardVarIpfragTimeNs         = "ipfrag_time_ns"
 )
@@ -180,6 +181,7 @@ type xdpguardMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpguardVariableSpecs struct {
+	CoarseClock   *ebpf.VariableSpec `ebpf:"coarse_clock"`
 	Ip6fragTimeNs *ebpf.VariableSpec `ebpf:"ip6frag_time_ns"`
 	IpfragTimeNs  *ebpf.VariableSpec `ebpf:"ipfrag_time_ns"`
 }
@@ -231,6 +233,7 @@ func (m *xdpguardMaps) Close() error {
 //
 // It can be passed to loadXdpguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpguardVariables struct {
+	CoarseClock   *ebpf.Variable `ebpf:"coarse_clock"`
 	Ip6fragTimeNs *ebpf.Variable `ebpf:"ip6frag_time_ns"`
 	IpfragTimeNs  *ebpf.Variable `ebpf:"ipfrag_time_ns"`
 }
