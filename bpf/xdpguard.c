@@ -193,6 +193,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE); /* the loader reads and writes it in place */
 	__uint(max_entries, (1 << ALLOW4_BLOCK_BITS) >> BLOCK_WORD_SHIFT);
 	__type(key, __u32);
 	__type(value, __u64);
@@ -200,6 +201,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE); /* the loader reads and writes it in place */
 	__uint(max_entries, (1 << ALLOW6_BLOCK_BITS) >> BLOCK_WORD_SHIFT);
 	__type(key, __u32);
 	__type(value, __u64);

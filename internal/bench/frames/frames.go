@@ -138,3 +138,12 @@ func RequestTo(src, dst string) ([]byte, error) {
 	}
 	return testpkt.MemcachedRequest(s, d, 40000, "get atk\r\n").Frame()
 }
+
+// RequestFrom is Request from src, of either family, to the server.
+func RequestFrom(src netip.Addr) ([]byte, error) {
+	dst := Server4
+	if src.Is6() {
+		dst = Server6
+	}
+	return testpkt.MemcachedRequest(src, dst, 40000, testpkt.GetK).Frame()
+}

@@ -17,8 +17,8 @@ import (
 // that "no slower than before" is measured in the same run.
 const PreviousObject = "loader/testdata/v1/xdpguard_bpfel.o"
 
-// Previous is that release's XDP program on fresh maps of its own.
-type Previous struct {
+// PreviousProgram is that release's XDP program on fresh maps of its own.
+type PreviousProgram struct {
 	*Program
 	config, allow4, allow6 *ebpf.Map
 }
@@ -33,7 +33,7 @@ const (
 
 // LoadPrevious loads obj's xdpguard_xdp with its default configuration
 // (enforce, track, port 11211) on fresh maps.
-func LoadPrevious(obj string) (*Previous, error) {
+func LoadPrevious(obj string) (*PreviousProgram, error) {
 	spec, err := ebpf.LoadCollectionSpec(obj)
 	if err != nil {
 		return nil, fmt.Errorf("previous release's object: %w", err)
@@ -42,8 +42,8 @@ func LoadPrevious(obj string) (*Previous, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load previous release's object %s: %w", obj, err)
 	}
-	p := &Previous{
-		Program: &Program{Name: "previous", Prog: coll.Programs["xdpguard_xdp"], close: func() error { coll.Close(); return nil }},
+	p := &PreviousProgram{
+		Program: &Program{Name: Previous, Prog: coll.Programs["xdpguard_xdp"], close: func() error { coll.Close(); return nil }},
 		config:  coll.Maps["xdpguard_config"], allow4: coll.Maps["xdpguard_allow4"], allow6: coll.Maps["xdpguard_allow6"],
 	}
 	if p.Prog == nil || p.config == nil || p.allow4 == nil || p.allow6 == nil {
@@ -59,7 +59,7 @@ func LoadPrevious(obj string) (*Previous, error) {
 	return p, nil
 }
 
-func (p *Previous) setConfig(fn func([]byte)) error {
+func (p *PreviousProgram) setConfig(fn func([]byte)) error {
 	raw := make([]byte, p.config.ValueSize())
 	if err := p.config.Lookup(uint32(0), raw); err != nil {
 		return fmt.Errorf("read previous release's config: %w", err)
@@ -83,7 +83,7 @@ type lpm6Key struct {
 
 // AllowAdd inserts ps into the previous release's tries, sorted, in batches,
 // and turns on the lookup of each family, as that release's loader did.
-func (p *Previous) AllowAdd(ps []netip.Prefix) error {
+func (p *PreviousProgram) AllowAdd(ps []netip.Prefix) error {
 	ps = slices.Clone(ps)
 	slices.SortFunc(ps, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	var k4 []lpm4Key
