@@ -189,6 +189,9 @@ struct {
 #define ALLOW4_BLOCK_BITS 24 /* 2^24 bits: 2 MiB */
 #define ALLOW6_BLOCK_BITS 24 /* 2^24 bits: 2 MiB, sparse over 2000::/3 */
 #define BLOCK_WORD_SHIFT 6   /* 64 bits per array slot */
+
+/* xdpguard_blk4 and xdpguard_blk6 are the IPv4 and IPv6 allow lists' block
+ * bitmaps (named short: the kernel keeps 15 characters of a map's name). */
 #define BLOCK_WORD_MASK 63
 
 struct {
@@ -197,7 +200,7 @@ struct {
 	__uint(max_entries, (1 << ALLOW4_BLOCK_BITS) >> BLOCK_WORD_SHIFT);
 	__type(key, __u32);
 	__type(value, __u64);
-} xdpguard_allow4_blocks SEC(".maps");
+} xdpguard_blk4 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -205,7 +208,7 @@ struct {
 	__uint(max_entries, (1 << ALLOW6_BLOCK_BITS) >> BLOCK_WORD_SHIFT);
 	__type(key, __u32);
 	__type(value, __u64);
-} xdpguard_allow6_blocks SEC(".maps");
+} xdpguard_blk6 SEC(".maps");
 
 /* Verdicts of first fragments, so that later fragments, which carry no ports,
  * share them. Fragments of one datagram may land on different CPUs (RSS hashes
@@ -274,7 +277,7 @@ static __always_inline int allowlisted(const struct config *cfg, const struct pa
 		if (!ip)
 			return 0; /* unreachable; not allowed is the safe answer */
 		addr = ip + (hook == HOOK_XDP_INGRESS ? IPV4_SADDR_OFF : IPV4_DADDR_OFF);
-		if (!block_listed(&xdpguard_allow4_blocks, block_of(addr)))
+		if (!block_listed(&xdpguard_blk4, block_of(addr)))
 			return 0;
 		copy_addr(key.addr, addr, IPV4_ADDR_LEN);
 		return bpf_map_lookup_elem(&xdpguard_allow4, &key) != NULL;
@@ -288,7 +291,7 @@ static __always_inline int allowlisted(const struct config *cfg, const struct pa
 	if (!ip)
 		return 0;
 	addr = ip + (hook == HOOK_XDP_INGRESS ? IPV6_SADDR_OFF : IPV6_DADDR_OFF);
-	if (!block_listed(&xdpguard_allow6_blocks, block_of(addr)))
+	if (!block_listed(&xdpguard_blk6, block_of(addr)))
 		return 0;
 	copy_addr(key.addr, addr, IPV6_ADDR_LEN);
 	return bpf_map_lookup_elem(&xdpguard_allow6, &key) != NULL;

@@ -8,10 +8,10 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// The block bitmaps (xdpguard_allow4_blocks, xdpguard_allow6_blocks in
-// bpf/xdpguard.c) say which address blocks the allow lists touch: block b is
-// the addresses whose leading blockBits bits are b, and its bit is set when a
-// listed prefix covers the block or lies inside it. The data plane walks a
+// The block bitmaps (xdpguard_blk4, xdpguard_blk6 in bpf/xdpguard.c) say
+// which address blocks the allow lists touch: block b is the addresses whose
+// leading blockBits bits are b, and its bit is set when a listed prefix
+// covers the block or lies inside it. The data plane walks a
 // trie only for a peer whose block's bit is set.
 //
 // A set bit with no prefix behind it costs a trie walk and changes no answer;
@@ -27,8 +27,8 @@ import (
 //     list, never by counting). While the bit is still set, the trie already
 //     answers as the new list does.
 //
-// A bit set for an add that is rolled back stays set: the trie answers
-// exactly, the bitmap only saves work.
+// A bit set for an add that is rolled back stays set until the next deletion
+// in its family: the trie answers exactly, the bitmap only saves work.
 //
 // Blocks are /24s in both families (ALLOW4_BLOCK_BITS, ALLOW6_BLOCK_BITS): an
 // address's leading three bytes.
@@ -41,8 +41,14 @@ func newBlockBitmap() blockBitmap { return make(blockBitmap, 1<<blockBits/64) }
 
 // blockRange returns the first and last block p touches.
 func blockRange(p netip.Prefix) (first, last uint32) {
-	a := p.Addr().AsSlice()
-	top := uint32(a[0])<<16 | uint32(a[1])<<8 | uint32(a[2])
+	var top uint32
+	if p.Addr().Is4() {
+		a := p.Addr().As4()
+		top = uint32(a[0])<<16 | uint32(a[1])<<8 | uint32(a[2])
+	} else {
+		a := p.Addr().As16()
+		top = uint32(a[0])<<16 | uint32(a[1])<<8 | uint32(a[2])
+	}
 	if p.Bits() >= blockBits {
 		return top, top
 	}
@@ -157,9 +163,9 @@ func (m *Maps) setBlocks(ps []netip.Prefix) error {
 	return nil
 }
 
-// clearBlocks clears the bits of blocks that deleted touched and remaining,
-// the whole list the tries hold now, does not. Call it after deleted are out
-// of the tries. It only ever clears bits.
+// clearBlocks clears, in each family deleted has prefixes of, the bits of
+// blocks that remaining, the whole list the tries hold now, does not touch.
+// Call it after deleted are out of the tries. It only ever clears bits.
 func (m *Maps) clearBlocks(deleted, remaining []netip.Prefix) error {
 	del4, del6 := blocksOf(deleted)
 	keep4, keep6 := blocksOf(remaining)
@@ -178,9 +184,11 @@ func (m *Maps) clearBlocks(deleted, remaining []netip.Prefix) error {
 		if err != nil {
 			return err
 		}
+		// keep is the whole list's: bits it lacks are stale (the deleted
+		// prefixes', or an added one's whose Apply was rolled back).
 		next := make(blockBitmap, len(cur))
 		for i := range cur {
-			next[i] = cur[i] &^ (f.del[i] &^ f.keep[i])
+			next[i] = cur[i] & f.keep[i]
 		}
 		if err := writeBlocks(mp, cur, next); err != nil {
 			return err

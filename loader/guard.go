@@ -174,13 +174,13 @@ func (g *Guard) openMaps(create, writer bool) (m *Maps, created bool, err error)
 		return nil, false, err
 	}
 	paths := map[*ebpf.MapSpec]string{
-		s.XdpguardConfig:       pinConfig,
-		s.XdpguardAllow4:       pinAllow4,
-		s.XdpguardAllow6:       pinAllow6,
-		s.XdpguardAllow4Blocks: pinAllow4Blk,
-		s.XdpguardAllow6Blocks: pinAllow6Blk,
-		s.XdpguardFrags4:       pinFrags4,
-		s.XdpguardFrags6:       pinFrags6,
+		s.XdpguardConfig: pinConfig,
+		s.XdpguardAllow4: pinAllow4,
+		s.XdpguardAllow6: pinAllow6,
+		s.XdpguardBlk4:   pinAllow4Blk,
+		s.XdpguardBlk6:   pinAllow6Blk,
+		s.XdpguardFrags4: pinFrags4,
+		s.XdpguardFrags6: pinFrags6,
 	}
 	// Made by this release, missing in older state.
 	added := map[string]bool{pinAllow4Blk: true, pinAllow6Blk: true, pinFrags4: true, pinFrags6: true}

@@ -91,8 +91,8 @@ func createMaps(s *xdpguardSpecs, open func(*ebpf.MapSpec) (*ebpf.Map, error)) (
 		{&m.Config, s.XdpguardConfig},
 		{&m.Allow4, s.XdpguardAllow4},
 		{&m.Allow6, s.XdpguardAllow6},
-		{&m.Allow4Blocks, s.XdpguardAllow4Blocks},
-		{&m.Allow6Blocks, s.XdpguardAllow6Blocks},
+		{&m.Allow4Blocks, s.XdpguardBlk4},
+		{&m.Allow6Blocks, s.XdpguardBlk6},
 		{&m.Frags4, s.XdpguardFrags4},
 		{&m.Frags6, s.XdpguardFrags6},
 	} {
@@ -128,13 +128,13 @@ func (m *Maps) all() []*ebpf.Map {
 
 func (m *Maps) replacements() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
-		xdpguardMapXdpguardConfig:       m.Config,
-		xdpguardMapXdpguardAllow4:       m.Allow4,
-		xdpguardMapXdpguardAllow6:       m.Allow6,
-		xdpguardMapXdpguardAllow4Blocks: m.Allow4Blocks,
-		xdpguardMapXdpguardAllow6Blocks: m.Allow6Blocks,
-		xdpguardMapXdpguardFrags4:       m.Frags4,
-		xdpguardMapXdpguardFrags6:       m.Frags6,
+		xdpguardMapXdpguardConfig: m.Config,
+		xdpguardMapXdpguardAllow4: m.Allow4,
+		xdpguardMapXdpguardAllow6: m.Allow6,
+		xdpguardMapXdpguardBlk4:   m.Allow4Blocks,
+		xdpguardMapXdpguardBlk6:   m.Allow6Blocks,
+		xdpguardMapXdpguardFrags4: m.Frags4,
+		xdpguardMapXdpguardFrags6: m.Frags6,
 	}
 }
 

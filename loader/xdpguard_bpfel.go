@@ -98,21 +98,21 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	xdpguardMapXdpguardAllow4       = "xdpguard_allow4"
-	xdpguardMapXdpguardAllow4Blocks = "xdpguard_allow4_blocks"
-	xdpguardMapXdpguardAllow6       = "xdpguard_allow6"
-	xdpguardMapXdpguardAllow6Blocks = "xdpguard_allow6_blocks"
-	xdpguardMapXdpguardConfig       = "xdpguard_config"
-	xdpguardMapXdpguardFrags4       = "xdpguard_frags4"
-	xdpguardMapXdpguardFrags6       = "xdpguard_frags6"
-	xdpguardMapXdpguardStats        = "xdpguard_stats"
-	xdpguardProgXdpguardTc          = "xdpguard_tc"
-	xdpguardProgXdpguardTcL3        = "xdpguard_tc_l3"
-	xdpguardProgXdpguardXdp         = "xdpguard_xdp"
-	xdpguardProgXdpguardXdpL3       = "xdpguard_xdp_l3"
-	xdpguardVarCoarseClock          = "coarse_clock"
-	xdpguardVarIp6fragTimeNs        = "ip6frag_time_ns"
-	xdpguardVarIpfragTimeNs         = "ipfrag_time_ns"
+	xdpguardMapXdpguardAllow4 = "xdpguard_allow4"
+	xdpguardMapXdpguardAllow6 = "xdpguard_allow6"
+	xdpguardMapXdpguardBlk4   = "xdpguard_blk4"
+	xdpguardMapXdpguardBlk6   = "xdpguard_blk6"
+	xdpguardMapXdpguardConfig = "xdpguard_config"
+	xdpguardMapXdpguardFrags4 = "xdpguard_frags4"
+	xdpguardMapXdpguardFrags6 = "xdpguard_frags6"
+	xdpguardMapXdpguardStats  = "xdpguard_stats"
+	xdpguardProgXdpguardTc    = "xdpguard_tc"
+	xdpguardProgXdpguardTcL3  = "xdpguard_tc_l3"
+	xdpguardProgXdpguardXdp   = "xdpguard_xdp"
+	xdpguardProgXdpguardXdpL3 = "xdpguard_xdp_l3"
+	xdpguardVarCoarseClock    = "coarse_clock"
+	xdpguardVarIp6fragTimeNs  = "ip6frag_time_ns"
+	xdpguardVarIpfragTimeNs   = "ipfrag_time_ns"
 )
 
 // loadXdpguard returns the embedded CollectionSpec for xdpguard.
@@ -167,14 +167,14 @@ type xdpguardProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpguardMapSpecs struct {
-	XdpguardAllow4       *ebpf.MapSpec `ebpf:"xdpguard_allow4"`
-	XdpguardAllow4Blocks *ebpf.MapSpec `ebpf:"xdpguard_allow4_blocks"`
-	XdpguardAllow6       *ebpf.MapSpec `ebpf:"xdpguard_allow6"`
-	XdpguardAllow6Blocks *ebpf.MapSpec `ebpf:"xdpguard_allow6_blocks"`
-	XdpguardConfig       *ebpf.MapSpec `ebpf:"xdpguard_config"`
-	XdpguardFrags4       *ebpf.MapSpec `ebpf:"xdpguard_frags4"`
-	XdpguardFrags6       *ebpf.MapSpec `ebpf:"xdpguard_frags6"`
-	XdpguardStats        *ebpf.MapSpec `ebpf:"xdpguard_stats"`
+	XdpguardAllow4 *ebpf.MapSpec `ebpf:"xdpguard_allow4"`
+	XdpguardAllow6 *ebpf.MapSpec `ebpf:"xdpguard_allow6"`
+	XdpguardBlk4   *ebpf.MapSpec `ebpf:"xdpguard_blk4"`
+	XdpguardBlk6   *ebpf.MapSpec `ebpf:"xdpguard_blk6"`
+	XdpguardConfig *ebpf.MapSpec `ebpf:"xdpguard_config"`
+	XdpguardFrags4 *ebpf.MapSpec `ebpf:"xdpguard_frags4"`
+	XdpguardFrags6 *ebpf.MapSpec `ebpf:"xdpguard_frags6"`
+	XdpguardStats  *ebpf.MapSpec `ebpf:"xdpguard_stats"`
 }
 
 // xdpguardVariableSpecs contains global variables before they are loaded into the kernel.
@@ -206,22 +206,22 @@ func (o *xdpguardObjects) Close() error {
 //
 // It can be passed to loadXdpguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpguardMaps struct {
-	XdpguardAllow4       *ebpf.Map `ebpf:"xdpguard_allow4"`
-	XdpguardAllow4Blocks *ebpf.Map `ebpf:"xdpguard_allow4_blocks"`
-	XdpguardAllow6       *ebpf.Map `ebpf:"xdpguard_allow6"`
-	XdpguardAllow6Blocks *ebpf.Map `ebpf:"xdpguard_allow6_blocks"`
-	XdpguardConfig       *ebpf.Map `ebpf:"xdpguard_config"`
-	XdpguardFrags4       *ebpf.Map `ebpf:"xdpguard_frags4"`
-	XdpguardFrags6       *ebpf.Map `ebpf:"xdpguard_frags6"`
-	XdpguardStats        *ebpf.Map `ebpf:"xdpguard_stats"`
+	XdpguardAllow4 *ebpf.Map `ebpf:"xdpguard_allow4"`
+	XdpguardAllow6 *ebpf.Map `ebpf:"xdpguard_allow6"`
+	XdpguardBlk4   *ebpf.Map `ebpf:"xdpguard_blk4"`
+	XdpguardBlk6   *ebpf.Map `ebpf:"xdpguard_blk6"`
+	XdpguardConfig *ebpf.Map `ebpf:"xdpguard_config"`
+	XdpguardFrags4 *ebpf.Map `ebpf:"xdpguard_frags4"`
+	XdpguardFrags6 *ebpf.Map `ebpf:"xdpguard_frags6"`
+	XdpguardStats  *ebpf.Map `ebpf:"xdpguard_stats"`
 }
 
 func (m *xdpguardMaps) Close() error {
 	return _XdpguardClose(
 		m.XdpguardAllow4,
-		m.XdpguardAllow4Blocks,
 		m.XdpguardAllow6,
-		m.XdpguardAllow6Blocks,
+		m.XdpguardBlk4,
+		m.XdpguardBlk6,
 		m.XdpguardConfig,
 		m.XdpguardFrags4,
 		m.XdpguardFrags6,
