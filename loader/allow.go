@@ -82,6 +82,8 @@ func v6Key(p netip.Prefix) xdpguardLpmV6Key {
 }
 
 func splitFamilies(ps []netip.Prefix) (v4 []xdpguardLpmV4Key, v6 []xdpguardLpmV6Key) {
+	n4, n6 := countFamilies(ps)
+	v4, v6 = make([]xdpguardLpmV4Key, 0, n4), make([]xdpguardLpmV6Key, 0, n6)
 	for _, p := range ps {
 		if p.Addr().Is4() {
 			v4 = append(v4, v4Key(p))
@@ -130,11 +132,13 @@ func (m *Maps) AllowAdd(ps []netip.Prefix) error {
 	ps = slices.Clone(ps)
 	slices.SortFunc(ps, comparePrefix)
 	v4, v6 := splitFamilies(ps)
+	// Sorted, IPv4 comes first: each family is a part of ps.
+	ps4, ps6 := ps[:len(v4)], ps[len(v4):]
 	if len(v4) > 0 {
 		if err := batchUpdate(m.Allow4, v4); err != nil {
 			return fmt.Errorf("add IPv4 allow entries: %w", err)
 		}
-		if err := m.setBlocks(familyOf(ps, true)); err != nil {
+		if err := m.setBlocks(ps4); err != nil {
 			return err
 		}
 		if err := m.setAllowActive(false, true); err != nil {
@@ -145,7 +149,7 @@ func (m *Maps) AllowAdd(ps []netip.Prefix) error {
 		if err := batchUpdate(m.Allow6, v6); err != nil {
 			return fmt.Errorf("add IPv6 allow entries: %w", err)
 		}
-		if err := m.setBlocks(familyOf(ps, false)); err != nil {
+		if err := m.setBlocks(ps6); err != nil {
 			return err
 		}
 		if err := m.setAllowActive(true, true); err != nil {
