@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -266,4 +267,69 @@ func TestUpgradeKeepsAllowListUnderFlood(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Allow-list changes under a flood: the listed peer is on every list the
+// Applies switch between (through a /32, a /29 or its /24, each added and
+// removed in turn, whole lists and edits), the unlisted one on none, though
+// its block's bit is set and cleared as prefixes beside it come and go. At
+// every instant the listed peer's requests pass and the unlisted one's are
+// dropped: each counted exactly.
+func TestAllowChangesUnderFlood(t *testing.T) {
+	r := newRig(t)
+	listed := netip.MustParseAddr("198.51.101.9") // attacker: 198.51.100.7
+	lists := [][]netip.Prefix{
+		mustPrefixes("198.51.101.9/32", "10.0.0.0/8"),
+		mustPrefixes("198.51.101.8/29", "198.51.100.128/25", "2001:db8::/32"),
+		mustPrefixes("198.51.101.0/24", "198.51.100.9/32"),
+		mustPrefixes("198.51.101.9/32"),
+	}
+	r.attach(t, AttachOptions{})
+	r.do(t, func(g *Guard) error {
+		_, err := g.Apply(DesiredState{Allow: lists[0]}, ApplyOptions{Scope: ApplyScope{Allow: true}})
+		return err
+	})
+	good, bad := request(t, listed), request(t, attacker)
+	var sentGood, sentBad atomic.Uint64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if i%2 == 0 {
+				if r.inj.Send(good) == nil {
+					sentGood.Add(1)
+				}
+			} else if r.inj.Send(bad) == nil {
+				sentBad.Add(1)
+			}
+		}
+	}()
+	cur := lists[0]
+	for i := 1; i <= 40; i++ {
+		next := lists[i%len(lists)]
+		r.do(t, func(g *Guard) error {
+			if i%2 == 0 {
+				_, err := g.Apply(DesiredState{Allow: next}, ApplyOptions{Scope: ApplyScope{Allow: true}})
+				return err
+			}
+			add, del := diffSorted(sortedSet(slices.Clone(next)), sortedSet(slices.Clone(cur)))
+			_, err := g.Apply(DesiredState{AllowAdd: add, AllowDel: del}, ApplyOptions{Scope: ApplyScope{AllowEdit: true}})
+			return err
+		})
+		cur = next
+	}
+	close(stop)
+	wg.Wait()
+	r.expectCounters(t, "xdp", map[string]uint64{
+		"allowlisted":  sentGood.Load(),
+		"drop_request": sentBad.Load(),
+	})
+	t.Logf("40 allow-list changes under a flood: %d listed requests passed, %d unlisted dropped", sentGood.Load(), sentBad.Load())
 }
