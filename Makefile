@@ -25,6 +25,7 @@ test: deps
 FUZZTIME ?= 60s
 fuzz: deps
 	$(GO) test -run '^$$' -fuzz '^FuzzDifferential$$' -fuzztime $(FUZZTIME) ./loader
+	$(GO) test -run '^$$' -fuzz '^FuzzAllowList$$' -fuzztime $(FUZZTIME) ./loader
 
 demo: deps build
 	./scripts/demo.sh
