@@ -229,3 +229,25 @@ func (m *Maps) fillAllBlocks() error {
 	}
 	return nil
 }
+
+// syncBlocks sets every bit the tries' prefixes need, read from the tries
+// themselves (not the record or this process's copy), once per Apply. An
+// upgrade runs it before it swaps programs in: programs of a release
+// without the bitmaps may have run, and their loader changed the tries,
+// since the bitmaps were made (a downgrade and upgrade again), and the
+// programs swapped in must not see a clear bit over a listed prefix. It
+// only sets bits.
+func (g *Guard) syncBlocks() error {
+	if g.blocksSynced {
+		return nil
+	}
+	ps, err := g.Maps.AllowList()
+	if err != nil {
+		return err
+	}
+	if err := g.Maps.setBlocks(ps); err != nil {
+		return err
+	}
+	g.blocksSynced = true
+	return nil
+}

@@ -69,6 +69,10 @@ type Guard struct {
 	// removed records that this Guard removed the shared state: its maps
 	// are pinned nowhere, and it may change nothing more.
 	removed bool
+	// blocksSynced records that the block bitmaps were checked against the
+	// tries (syncBlocks) since this Guard was opened; holding the lock, only
+	// this Guard changes the tries after that, keeping them in step.
+	blocksSynced bool
 }
 
 // Open opens the state under pinPath to change it, holding the pin path's

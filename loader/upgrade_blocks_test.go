@@ -333,3 +333,70 @@ func TestAllowChangesUnderFlood(t *testing.T) {
 	})
 	t.Logf("40 allow-list changes under a flood: %d listed requests passed, %d unlisted dropped", sentGood.Load(), sentBad.Load())
 }
+
+// A downgrade and an upgrade again: main before issue 14 runs over state
+// this release made, and its loader adds a prefix to the trie alone (it
+// knows no bitmap). The attach that swaps this release's programs back in
+// sets the bits the tries need first, so the peer that release listed keeps
+// passing.
+func TestUpgradeAfterDowngradeSyncsBitmaps(t *testing.T) {
+	r := newRig(t)
+	listed := netip.MustParseAddr("203.0.113.9")
+	r.attach(t, AttachOptions{})
+	r.do(t, func(g *Guard) error {
+		_, err := g.Apply(DesiredState{Allow: mustPrefixes("10.0.0.0/8")}, ApplyOptions{Scope: ApplyScope{Allow: true}})
+		return err
+	})
+	// The downgrade: main's program on this release's pinned maps.
+	spec, err := ebpf.LoadCollectionSpec(mainObject)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = r.host.Do(func() error {
+		repl := map[string]*ebpf.Map{}
+		for name, file := range map[string]string{"xdpguard_config": pinConfig, "xdpguard_allow4": pinAllow4, "xdpguard_allow6": pinAllow6} {
+			m, err := ebpf.LoadPinnedMap(filepath.Join(r.pin, file), nil)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			repl[name] = m
+		}
+		l, err := r.host.Link(rigHostIf)
+		if err != nil {
+			return err
+		}
+		dir := filepath.Join(r.pin, netnsDir, strconv.FormatUint(netnsOf(t, r.host), 10), strconv.Itoa(l.Attrs().Index))
+		stats, err := ebpf.LoadPinnedMap(filepath.Join(dir, pinStats), nil)
+		if err != nil {
+			return err
+		}
+		defer stats.Close()
+		repl["xdpguard_stats"] = stats
+		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
+		if err != nil {
+			return verifierError(err)
+		}
+		defer coll.Close()
+		xl, err := link.LoadPinnedLink(filepath.Join(dir, pinXDPLink), nil)
+		if err != nil {
+			return err
+		}
+		defer xl.Close()
+		if err := xl.Update(coll.Programs["xdpguard_xdp"]); err != nil {
+			return err
+		}
+		// Its `allow add`: the trie alone.
+		return repl["xdpguard_allow4"].Put(v4Key(netip.PrefixFrom(listed, 32)), uint8(1))
+	})
+	if err != nil {
+		t.Fatalf("downgrade: %v", err)
+	}
+	r.send(t, request(t, listed))
+	r.expectCounters(t, "xdp", map[string]uint64{"allowlisted": 1})
+	if res := r.attach(t, AttachOptions{}); res.Action != "replaced" {
+		t.Fatalf("upgrade again: %+v, want replaced", res)
+	}
+	r.send(t, request(t, listed), request(t, attacker))
+	r.expectCounters(t, "xdp", map[string]uint64{"allowlisted": 2, "drop_request": 1})
+}
