@@ -182,17 +182,18 @@ struct {
  * for IPv4, not /16: a peer outside the list has its block's bit set only if
  * a longer prefix lies inside its /24, while 100,000 random prefixes of /16
  * to /32 already touch most /16s (measured by internal/bench). The loader
- * keeps the bitmaps in step with the tries (loader/allow.go): bits are set
+ * keeps the bitmaps in step with the tries (loader/allowblocks.go): bits are set
  * only after the prefixes are in the trie and cleared only after they are out
  * of it and no other prefix needs the block, so a reader between the two
  * writes sees the old list's answer or the new one's, never another. */
 #define ALLOW4_BLOCK_BITS 24 /* 2^24 bits: 2 MiB */
 #define ALLOW6_BLOCK_BITS 24 /* 2^24 bits: 2 MiB, sparse over 2000::/3 */
 #define BLOCK_WORD_SHIFT 6   /* 64 bits per array slot */
+#define BLOCK_WORD_MASK 63
+_Static_assert(ALLOW4_BLOCK_BITS == 24 && ALLOW6_BLOCK_BITS == 24, "block_of reads three bytes");
 
 /* xdpguard_blk4 and xdpguard_blk6 are the IPv4 and IPv6 allow lists' block
  * bitmaps (named short: the kernel keeps 15 characters of a map's name). */
-#define BLOCK_WORD_MASK 63
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
