@@ -93,8 +93,11 @@ type report struct {
 	allow6    []allowlist.SizeResult
 	loads     []allowlist.LoadResult
 	flood     []flood.Result
-	maps      []memory.Map
-	o         options
+	// floodWalked is the share of the random flood's sources whose /24
+	// block a prefix of its allow list touches: their requests walk the trie.
+	floodWalked float64
+	maps        []memory.Map
+	o           options
 }
 
 func run(ctx context.Context, o options, log io.Writer) error {
@@ -299,6 +302,7 @@ func floodRun(ctx context.Context, r *report) error {
 	if err := allowlist.WriteFile(l.AllowFile, list); err != nil {
 		return err
 	}
+	r.floodWalked = touchedShare(list, flood.RandomSources())
 	// Two passes of half the window, the second in reverse order (A B C D
 	// D C B A), merged: drift over the run lands on every setup alike.
 	setups := flood.Setups()
@@ -326,6 +330,29 @@ func floodRun(ctx context.Context, r *report) error {
 	}
 	r.flood = results
 	return nil
+}
+
+// touchedShare is the share of addrs whose /24 holds or lies inside a
+// prefix of list (IPv4).
+func touchedShare(list []netip.Prefix, addrs []netip.Addr) float64 {
+	touched := map[uint32]bool{}
+	for _, p := range list {
+		first := binary.BigEndian.Uint32(p.Masked().Addr().AsSlice()) >> 8
+		last := first
+		if p.Bits() < 24 {
+			last = first | uint32(1)<<(24-p.Bits()) - 1
+		}
+		for b := first; b <= last; b++ {
+			touched[b] = true
+		}
+	}
+	n := 0
+	for _, a := range addrs {
+		if touched[binary.BigEndian.Uint32(a.AsSlice())>>8] {
+			n++
+		}
+	}
+	return float64(n) / float64(len(addrs))
 }
 
 // coversAny returns a test of whether an IPv4 prefix covers any of addrs.
