@@ -2,6 +2,7 @@ package loader
 
 import (
 	"encoding/binary"
+	"errors"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -178,6 +179,34 @@ func TestUpgradeKeepsAllowListUnderFlood(t *testing.T) {
 			}
 			good, bad := request(t, listed), request(t, attacker)
 			oldProg := r.xdpProgID(t)
+			// A reader of this release (status, stats) works on the old
+			// state and pins nothing: it holds no lock.
+			err := r.host.Do(func() error {
+				g, err := OpenReadOnly(r.pin)
+				if err != nil {
+					return err
+				}
+				defer g.Close()
+				if _, err := g.Stats(); err != nil {
+					return err
+				}
+				ps, err := g.AllowList()
+				if err != nil {
+					return err
+				}
+				if want := sortedSet(slices.Clone(allow)); !slices.Equal(ps, want) {
+					t.Errorf("allow list read from the old state: %d prefixes, want %d", len(ps), len(want))
+				}
+				for _, name := range []string{pinAllow4Blk, pinAllow6Blk, pinFrags4, pinFrags6} {
+					if _, err := os.Stat(filepath.Join(r.pin, name)); !errors.Is(err, os.ErrNotExist) {
+						t.Errorf("a reader pinned %s (stat: %v)", name, err)
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatalf("read the old state: %v", err)
+			}
 
 			var sentGood, sentBad atomic.Uint64
 			stop := make(chan struct{})
