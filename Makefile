@@ -31,6 +31,7 @@ vmtest: deps
 FUZZTIME ?= 60s
 fuzz: deps
 	$(GO) test -run '^$$' -fuzz '^FuzzDifferential$$' -fuzztime $(FUZZTIME) ./loader
+	$(GO) test -run '^$$' -fuzz '^FuzzAllowList$$' -fuzztime $(FUZZTIME) ./loader
 
 demo: deps build
 	./scripts/demo.sh

@@ -83,16 +83,25 @@ struct lpm_v6_key {
 	__u8 addr[16];
 };
 
-/* The pinned fragment table's layout: changing key or value makes the loader
- * replace an older table in place (loader/fragsmap.go). */
-struct frag_key {
+/* The pinned fragment tables' layouts, one table per family so that each
+ * key holds only what the kernel reassembles by: hashing and comparing 12
+ * bytes for IPv4 instead of a 40-byte key sized for IPv6 (issue 14). Changing
+ * a key or the value makes the loader replace an older table in place
+ * (loader/fragsmap.go). */
+struct frag4_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 id;   /* the 16-bit IP ID, host order */
+	__u8 proto; /* part of the IPv4 reassembly key */
+	__u8 hook;  /* enum hook: ingress and egress verdicts are separate */
+};
+
+struct frag6_key {
 	__u32 saddr[4];
 	__u32 daddr[4];
-	__u32 id;
-	__u8 family;
-	__u8 proto; /* IPv4 only: the IPv6 identification has no protocol */
-	__u8 hook;  /* enum hook: ingress and egress verdicts are separate */
-	__u8 pad;
+	__u32 id;  /* no protocol: the IPv6 reassembly key has none */
+	__u8 hook; /* enum hook */
+	__u8 pad[3];
 };
 
 struct frag_verdict {
@@ -121,6 +130,25 @@ struct counter {
 volatile const __u64 ipfrag_time_ns = 30 * NSEC_PER_SEC;
 volatile const __u64 ip6frag_time_ns = 60 * NSEC_PER_SEC;
 
+/* Whether the kernel has bpf_ktime_get_coarse_ns (Linux 5.11); the loader
+ * clears it where it has not, and the verifier never sees the branch not
+ * taken. A later fragment reads the clock on every lookup, and the precise
+ * clock is the dearer part of that path in a VM (kvm-clock: measured 20-30 ns
+ * of a 52 ns fragment drop). */
+volatile const __u8 coarse_clock = 1;
+
+/* frag_age is how long ago a verdict recorded at seen_ns (precise clock) was
+ * recorded, read from the coarse clock where there is one: that lags the
+ * precise one by at most a tick, so an age comes out at most a tick short,
+ * never long; a verdict lasts at least the kernel's timeout, as the kernel's
+ * own reassembly timer does. Negative (recorded within the lag): 0. */
+static __always_inline __u64 frag_age(__u64 seen_ns)
+{
+	__s64 age = (coarse_clock ? bpf_ktime_get_coarse_ns() : bpf_ktime_get_ns()) - seen_ns;
+
+	return age < 0 ? 0 : age;
+}
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -144,15 +172,61 @@ struct {
 	__type(value, __u8);
 } xdpguard_allow6 SEC(".maps");
 
+/* Which address blocks the allow lists touch: bit b of the bitmap is set when
+ * some listed prefix covers, or lies inside, block b, the addresses sharing
+ * their leading ALLOW4_BLOCK_BITS (IPv4) or ALLOW6_BLOCK_BITS (IPv6) bits. A
+ * peer whose block's bit is clear is on no list, so the trie (a walk of up to
+ * 32 or 128 dependent loads) is consulted only inside blocks that hold a
+ * prefix: attack traffic from elsewhere costs one inlined array lookup. A
+ * prefix shorter than the block width sets every block it covers. /24 blocks
+ * for IPv4, not /16: a peer outside the list has its block's bit set only if
+ * a longer prefix lies inside its /24, while 100,000 random prefixes of /16
+ * to /32 already touch most /16s (measured by internal/bench). The loader
+ * keeps the bitmaps in step with the tries (loader/allowblocks.go): bits are set
+ * only after the prefixes are in the trie and cleared only after they are out
+ * of it and no other prefix needs the block, so a reader between the two
+ * writes sees the old list's answer or the new one's, never another. */
+#define ALLOW4_BLOCK_BITS 24 /* 2^24 bits: 2 MiB */
+#define ALLOW6_BLOCK_BITS 24 /* 2^24 bits: 2 MiB, sparse over 2000::/3 */
+#define BLOCK_WORD_SHIFT 6   /* 64 bits per array slot */
+#define BLOCK_WORD_MASK 63
+_Static_assert(ALLOW4_BLOCK_BITS == 24 && ALLOW6_BLOCK_BITS == 24, "block_of reads three bytes");
+
+/* xdpguard_blk4 and xdpguard_blk6 are the IPv4 and IPv6 allow lists' block
+ * bitmaps (named short: the kernel keeps 15 characters of a map's name). */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE); /* the loader reads and writes it in place */
+	__uint(max_entries, (1 << ALLOW4_BLOCK_BITS) >> BLOCK_WORD_SHIFT);
+	__type(key, __u32);
+	__type(value, __u64);
+} xdpguard_blk4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE); /* the loader reads and writes it in place */
+	__uint(max_entries, (1 << ALLOW6_BLOCK_BITS) >> BLOCK_WORD_SHIFT);
+	__type(key, __u32);
+	__type(value, __u64);
+} xdpguard_blk6 SEC(".maps");
+
 /* Verdicts of first fragments, so that later fragments, which carry no ports,
  * share them. Fragments of one datagram may land on different CPUs (RSS hashes
- * them on addresses only), so the table is shared, not per CPU. */
+ * them on addresses only), so the tables are shared, not per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, FRAG_MAX_ENTRIES);
-	__type(key, struct frag_key);
+	__type(key, struct frag4_key);
 	__type(value, struct frag_verdict);
-} xdpguard_frags SEC(".maps");
+} xdpguard_frags4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, FRAG_MAX_ENTRIES);
+	__type(key, struct frag6_key);
+	__type(value, struct frag_verdict);
+} xdpguard_frags6 SEC(".maps");
 
 /* One instance per attached interface: slot = hook * REASON_MAX + reason. */
 struct {
@@ -174,10 +248,26 @@ static __always_inline int port_protected(const struct config *cfg, __u16 port)
 	return (cfg->ports[port >> PORT_WORD_SHIFT] >> (port & (PORT_WORD_BITS - 1))) & 1;
 }
 
+/* block_of is the block of an address: its leading 24 bits. */
+static __always_inline __u32 block_of(const __u8 *addr)
+{
+	return (__u32)addr[0] << 16 | (__u32)addr[1] << 8 | addr[2];
+}
+
+/* block_listed reports whether the bitmap has block's bit set. */
+static __always_inline int block_listed(void *bitmap, __u32 block)
+{
+	__u32 word = block >> BLOCK_WORD_SHIFT;
+	const __u64 *w = bpf_map_lookup_elem(bitmap, &word);
+
+	return w && (*w >> (block & BLOCK_WORD_MASK)) & 1;
+}
+
 static __always_inline int allowlisted(const struct config *cfg, const struct packet *pkt,
 				       enum hook hook)
 {
 	const __u8 *ip;
+	const __u8 *addr;
 
 	if (pkt->family == 4) {
 		struct lpm_v4_key key = { .prefixlen = 32 };
@@ -187,8 +277,10 @@ static __always_inline int allowlisted(const struct config *cfg, const struct pa
 		ip = ip_header(pkt, IPV4_MIN_HLEN);
 		if (!ip)
 			return 0; /* unreachable; not allowed is the safe answer */
-		copy_addr(key.addr, ip + (hook == HOOK_XDP_INGRESS ? IPV4_SADDR_OFF : IPV4_DADDR_OFF),
-			  IPV4_ADDR_LEN);
+		addr = ip + (hook == HOOK_XDP_INGRESS ? IPV4_SADDR_OFF : IPV4_DADDR_OFF);
+		if (!block_listed(&xdpguard_blk4, block_of(addr)))
+			return 0;
+		copy_addr(key.addr, addr, IPV4_ADDR_LEN);
 		return bpf_map_lookup_elem(&xdpguard_allow4, &key) != NULL;
 	}
 
@@ -199,40 +291,80 @@ static __always_inline int allowlisted(const struct config *cfg, const struct pa
 	ip = ip_header(pkt, IPV6_HLEN);
 	if (!ip)
 		return 0;
-	copy_addr(key.addr, ip + (hook == HOOK_XDP_INGRESS ? IPV6_SADDR_OFF : IPV6_DADDR_OFF),
-		  IPV6_ADDR_LEN);
+	addr = ip + (hook == HOOK_XDP_INGRESS ? IPV6_SADDR_OFF : IPV6_DADDR_OFF);
+	if (!block_listed(&xdpguard_blk6, block_of(addr)))
+		return 0;
+	copy_addr(key.addr, addr, IPV6_ADDR_LEN);
 	return bpf_map_lookup_elem(&xdpguard_allow6, &key) != NULL;
 }
 
-/* frag_key_of fills key with the datagram's identity as seen at hook; 0 when
- * the addresses cannot be read (unreachable after parsing, checked for the
- * verifier). */
-static __always_inline int frag_key_of(const struct packet *pkt, enum hook hook,
-				       struct frag_key *key)
+/* frag4_key_of and frag6_key_of fill key with the datagram's identity as
+ * seen at hook; 0 when the addresses cannot be read (unreachable after
+ * parsing, checked for the verifier). A forwarded datagram meets both hooks;
+ * each keeps its own verdict. */
+static __always_inline int frag4_key_of(const struct packet *pkt, enum hook hook,
+					struct frag4_key *key)
 {
-	const __u8 *ip;
+	const __u8 *ip = ip_header(pkt, IPV4_MIN_HLEN);
 
-	/* IPv4 addresses fill the first 4 bytes, the rest stays zero. */
-	if (pkt->family == 4) {
-		ip = ip_header(pkt, IPV4_MIN_HLEN);
-		if (!ip)
-			return 0;
-		copy_addr(key->saddr, ip + IPV4_SADDR_OFF, IPV4_ADDR_LEN);
-		copy_addr(key->daddr, ip + IPV4_DADDR_OFF, IPV4_ADDR_LEN);
-		key->proto = pkt->frag_proto;
-	} else {
-		ip = ip_header(pkt, IPV6_HLEN);
-		if (!ip)
-			return 0;
-		copy_addr(key->saddr, ip + IPV6_SADDR_OFF, IPV6_ADDR_LEN);
-		copy_addr(key->daddr, ip + IPV6_DADDR_OFF, IPV6_ADDR_LEN);
-		key->proto = 0; /* the IPv6 identification has no protocol */
-	}
+	if (!ip)
+		return 0;
+	copy_addr(&key->saddr, ip + IPV4_SADDR_OFF, IPV4_ADDR_LEN);
+	copy_addr(&key->daddr, ip + IPV4_DADDR_OFF, IPV4_ADDR_LEN);
 	key->id = pkt->frag_id;
-	key->family = pkt->family;
-	/* A forwarded datagram meets both hooks; each keeps its own verdict. */
+	key->proto = pkt->frag_proto;
 	key->hook = hook;
 	return 1;
+}
+
+static __always_inline int frag6_key_of(const struct packet *pkt, enum hook hook,
+					struct frag6_key *key)
+{
+	const __u8 *ip = ip_header(pkt, IPV6_HLEN);
+
+	if (!ip)
+		return 0;
+	copy_addr(key->saddr, ip + IPV6_SADDR_OFF, IPV6_ADDR_LEN);
+	copy_addr(key->daddr, ip + IPV6_DADDR_OFF, IPV6_ADDR_LEN);
+	key->id = pkt->frag_id;
+	key->hook = hook;
+	return 1;
+}
+
+/* frag_lookup returns the verdict recorded for the datagram of a later
+ * fragment, NULL if there is none or its addresses cannot be read. */
+static __always_inline struct frag_verdict *frag_lookup(const struct packet *pkt, enum hook hook)
+{
+	if (pkt->family == 4) {
+		struct frag4_key key = {};
+
+		return frag4_key_of(pkt, hook, &key) ? bpf_map_lookup_elem(&xdpguard_frags4, &key)
+						     : NULL;
+	}
+	struct frag6_key key = {};
+
+	return frag6_key_of(pkt, hook, &key) ? bpf_map_lookup_elem(&xdpguard_frags6, &key) : NULL;
+}
+
+/* frag_record records a first fragment's verdict for the fragments that
+ * follow. BPF_ANY: a later first fragment of the same datagram (a legitimate
+ * one after a spoofed one, or a retransmission) overwrites the verdict, as it
+ * is what the kernel will reassemble from. */
+static __always_inline void frag_record(const struct packet *pkt, enum hook hook, enum reason r)
+{
+	struct frag_verdict verdict = { .seen_ns = bpf_ktime_get_ns(), .reason = r };
+
+	if (pkt->family == 4) {
+		struct frag4_key key = {};
+
+		if (frag4_key_of(pkt, hook, &key))
+			bpf_map_update_elem(&xdpguard_frags4, &key, &verdict, BPF_ANY);
+		return;
+	}
+	struct frag6_key key = {};
+
+	if (frag6_key_of(pkt, hook, &key))
+		bpf_map_update_elem(&xdpguard_frags6, &key, &verdict, BPF_ANY);
 }
 
 /* decide returns the reason for a parsed packet, before monitor mode. */
@@ -243,15 +375,14 @@ static __always_inline enum reason decide(enum parse_result res, const struct pa
 		return REASON_DROP_MALFORMED;
 
 	if (res == PARSE_FRAGMENT) {
-		struct frag_key key = {};
 		struct frag_verdict *first;
 		__u64 max_age = pkt->family == 4 ? ipfrag_time_ns : ip6frag_time_ns;
 		enum reason r;
 
-		first = frag_key_of(pkt, hook, &key) ? bpf_map_lookup_elem(&xdpguard_frags, &key) : NULL;
+		first = frag_lookup(pkt, hook);
 		/* Older than the kernel's reassembly timeout: that datagram's
 		 * queue is gone, and so is its verdict. */
-		if (first && bpf_ktime_get_ns() - first->seen_ns > max_age)
+		if (first && frag_age(first->seen_ns) > max_age)
 			first = NULL;
 		if (!first)
 			return cfg->frag_policy == FRAG_STRICT ? REASON_DROP_ORPHAN_FRAGMENT
@@ -315,16 +446,8 @@ static __always_inline enum reason classify(void *data, void *data_end, enum hoo
 
 	r = decide(res, &pkt, cfg, hook);
 
-	/* BPF_ANY: a later first fragment of the same datagram (a legitimate
-	 * one after a spoofed one, or a retransmission) overwrites the
-	 * verdict, as it is what the kernel will reassemble from. */
-	if (pkt.first_fragment) {
-		struct frag_key key = {};
-		struct frag_verdict verdict = { .seen_ns = bpf_ktime_get_ns(), .reason = r };
-
-		if (frag_key_of(&pkt, hook, &key))
-			bpf_map_update_elem(&xdpguard_frags, &key, &verdict, BPF_ANY);
-	}
+	if (pkt.first_fragment)
+		frag_record(&pkt, hook, r);
 
 	if (is_drop(r) && cfg->mode == MODE_MONITOR)
 		return REASON_WOULD_DROP;

@@ -82,6 +82,8 @@ func v6Key(p netip.Prefix) xdpguardLpmV6Key {
 }
 
 func splitFamilies(ps []netip.Prefix) (v4 []xdpguardLpmV4Key, v6 []xdpguardLpmV6Key) {
+	n4, n6 := countFamilies(ps)
+	v4, v6 = make([]xdpguardLpmV4Key, 0, n4), make([]xdpguardLpmV6Key, 0, n6)
 	for _, p := range ps {
 		if p.Addr().Is4() {
 			v4 = append(v4, v4Key(p))
@@ -117,9 +119,10 @@ func batchUpdate[K any](m *ebpf.Map, keys []K) error {
 	return nil
 }
 
-// AllowAdd inserts prefixes, then turns on the lookup of each family that
-// has entries: a packet never sees the switch on with the entry missing in a
-// way that lets it pass (an empty trie only fails to allow).
+// AllowAdd inserts prefixes, sets their blocks' bits, then turns on the
+// lookup of each family that has entries: a packet never sees a bit or the
+// switch on with the entry missing in a way that lets it pass (an empty trie
+// only fails to allow). See allowblocks.go for the order.
 //
 // Prefixes go in sorted by address: each insert then walks the trie along
 // nearly the same path as the one before, in cache. For 1M random IPv4
@@ -129,9 +132,14 @@ func (m *Maps) AllowAdd(ps []netip.Prefix) error {
 	ps = slices.Clone(ps)
 	slices.SortFunc(ps, comparePrefix)
 	v4, v6 := splitFamilies(ps)
+	// Sorted, IPv4 comes first: each family is a part of ps.
+	ps4, ps6 := ps[:len(v4)], ps[len(v4):]
 	if len(v4) > 0 {
 		if err := batchUpdate(m.Allow4, v4); err != nil {
 			return fmt.Errorf("add IPv4 allow entries: %w", err)
+		}
+		if err := m.setBlocks(ps4); err != nil {
+			return err
 		}
 		if err := m.setAllowActive(false, true); err != nil {
 			return err
@@ -140,6 +148,9 @@ func (m *Maps) AllowAdd(ps []netip.Prefix) error {
 	if len(v6) > 0 {
 		if err := batchUpdate(m.Allow6, v6); err != nil {
 			return fmt.Errorf("add IPv6 allow entries: %w", err)
+		}
+		if err := m.setBlocks(ps6); err != nil {
+			return err
 		}
 		if err := m.setAllowActive(true, true); err != nil {
 			return err
@@ -151,7 +162,9 @@ func (m *Maps) AllowAdd(ps []netip.Prefix) error {
 // ErrNotAllowed is returned when deleting a prefix that is not on the list.
 var ErrNotAllowed = errors.New("not on the allow list")
 
-// AllowDel removes prefixes; a family left empty is no longer consulted.
+// AllowDel removes prefixes, then clears the bits of blocks no remaining
+// prefix touches (read back from the tries); a family left empty is no
+// longer consulted.
 func (m *Maps) AllowDel(ps []netip.Prefix) error {
 	for _, p := range ps {
 		var err error
@@ -166,6 +179,13 @@ func (m *Maps) AllowDel(ps []netip.Prefix) error {
 		if err != nil {
 			return fmt.Errorf("delete %s: %w", p, err)
 		}
+	}
+	remaining, err := m.AllowList()
+	if err != nil {
+		return err
+	}
+	if err := m.clearBlocks(ps, remaining); err != nil {
+		return err
 	}
 	return m.syncAllowActive()
 }
@@ -303,7 +323,7 @@ func (m *Maps) AllowFlush() error {
 			return fmt.Errorf("flush %s: %w", p, err)
 		}
 	}
-	return nil
+	return m.clearAllBlocks()
 }
 
 // allowMeta is the pinned record (<pin>/meta) that Apply keeps next to the
@@ -658,6 +678,7 @@ func (r *applyRun) allowAdd(plan *allowPlan) error {
 			r.restoreActive(v4, v6)
 		})
 		batched := map[bool]bool{} // by Is4: the family went in as one batch
+		var single []netip.Prefix  // inserted one by one
 		for _, p := range plan.add {
 			var err error
 			if batched[p.Addr().Is4()] {
@@ -686,6 +707,11 @@ func (r *applyRun) allowAdd(plan *allowPlan) error {
 				return fmt.Errorf("add %s: %w", p, err)
 			}
 			added = append(added, p)
+			single = append(single, p)
+		}
+		// AllowAdd set the bits of its batches; these are the rest.
+		if err := r.g.Maps.setBlocks(single); err != nil {
+			return err
 		}
 		a4, a6 := countFamilies(added)
 		if err := r.switchOn(a4 > 0, a6 > 0); err != nil {
@@ -757,11 +783,24 @@ func (r *applyRun) allowDel(plan *allowPlan) error {
 	if plan.edit {
 		left4, left6 = left4-min(left4, d4), left6-min(left6, d6)
 	}
+	// What the tries hold once the deletions are done, to know which
+	// blocks still hold a prefix: the list asked for, or for an edit the
+	// list (this process's copy from before this Apply's additions, or
+	// read from the tries) with the additions, less the deletions.
+	remaining := plan.set
+	if plan.edit {
+		cur, err := r.g.AllowList()
+		if err != nil {
+			return err
+		}
+		remaining, _ = diffSorted(sortedSet(append(cur, plan.add...)), plan.del)
+	}
 	var deleted []netip.Prefix
 	r.t.onFail(func() {
 		a4, a6 := splitFamilies(deleted)
 		batchUpdate(r.g.Maps.Allow4, a4)
 		batchUpdate(r.g.Maps.Allow6, a6)
+		r.g.Maps.setBlocks(deleted)
 		r.restoreActive(v4, v6)
 	})
 	if left4 == 0 && d4 > 0 && v4 {
@@ -788,6 +827,9 @@ func (r *applyRun) allowDel(plan *allowPlan) error {
 			return fmt.Errorf("delete %s: %w", p, err)
 		}
 		deleted = append(deleted, p)
+	}
+	if err := r.g.Maps.clearBlocks(deleted, remaining); err != nil {
+		return err
 	}
 	if plan.edit {
 		plan.next.IPv4, plan.next.IPv6 = left4, left6

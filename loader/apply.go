@@ -401,6 +401,9 @@ func (r *applyRun) reattach(l netlink.Link, dir string, opts AttachOptions) erro
 		}
 	}
 	if upgrade {
+		if err := r.g.syncBlocks(); err != nil {
+			return err
+		}
 		if err := r.swapPrograms(l, cur, xdpProg, tcProg); err != nil {
 			return err
 		}

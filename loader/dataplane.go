@@ -7,9 +7,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 )
 
 // Dataplane is one loaded instance of the programs with its own counters,
@@ -103,6 +106,9 @@ func LoadDataplaneWith(m *Maps, stats *ebpf.Map, timeouts FragTimeouts) (*Datapl
 			return nil, fmt.Errorf("set %s: %w", name, err)
 		}
 	}
+	if err := spec.Variables[xdpguardVarCoarseClock].Set(haveCoarseClock()); err != nil {
+		return nil, fmt.Errorf("set %s: %w", xdpguardVarCoarseClock, err)
+	}
 	repl := m.replacements()
 	if stats != nil {
 		repl[xdpguardMapXdpguardStats] = stats
@@ -118,6 +124,17 @@ func LoadDataplaneWith(m *Maps, stats *ebpf.Map, timeouts FragTimeouts) (*Datapl
 		Stats: objs.XdpguardStats,
 	}, nil
 }
+
+// haveCoarseClock reports, as the data plane's coarse_clock wants it,
+// whether XDP programs may call bpf_ktime_get_coarse_ns (Linux 5.11). A
+// probe that fails otherwise than "not supported" counts as no: the precise
+// clock works everywhere.
+var haveCoarseClock = sync.OnceValue(func() uint8 {
+	if features.HaveProgramHelper(ebpf.XDP, asm.FnKtimeGetCoarseNs) == nil {
+		return 1
+	}
+	return 0
+})
 
 // verifierError keeps the verifier's whole log in the error: a load that
 // fails must show why.

@@ -3,8 +3,11 @@ package loader
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/xdpguard/xdpguard/internal/model"
 	"github.com/xdpguard/xdpguard/internal/testpkt"
@@ -188,5 +191,154 @@ func FuzzDifferential(f *testing.F) {
 				t.Fatalf("kernel and model disagree on frame %c\n%s", 'A'+i, log.String())
 			}
 		}
+	})
+}
+
+// fuzzBlocks are the leading bytes fuzzed allow-list prefixes and peers
+// start with: few, so that prefixes nest, share blocks and end at each
+// other's edges; 0x00 and 0xff for the ends of the address space.
+var fuzzBlocks = [8][3]byte{{203, 0, 113}, {203, 0, 114}, {203, 1, 0}, {0, 0, 0}, {255, 255, 255}, {10, 255, 255}, {11, 0, 0}, {0x20, 0x01, 0x0d}}
+
+// fuzzPrefix reads a prefix from 6 bytes: family and leading bytes, length,
+// then the address's next three bytes (the rest zero or ones).
+func fuzzPrefix(b []byte) netip.Prefix {
+	lead := fuzzBlocks[b[0]&7]
+	if b[0]&0x80 != 0 { // IPv6
+		var a [16]byte
+		copy(a[:], lead[:])
+		copy(a[3:], b[2:5])
+		if b[0]&0x40 != 0 {
+			for i := 6; i < 16; i++ {
+				a[i] = 0xff
+			}
+		}
+		return netip.PrefixFrom(netip.AddrFrom16(a), int(b[1])%129).Masked()
+	}
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{lead[0], lead[1], lead[2] ^ b[2]&b[5], b[3]}), int(b[1])%33).Masked()
+}
+
+// edges returns the addresses on both sides of each edge of p and of the
+// first and last block it touches.
+func edges(p netip.Prefix) []netip.Addr {
+	first := p.Masked().Addr()
+	last := first
+	for i := p.Bits(); i < first.BitLen(); i++ {
+		b := last.AsSlice()
+		b[i/8] |= 0x80 >> (i % 8)
+		last, _ = netip.AddrFromSlice(b)
+	}
+	blockFirst, blockLast := first.AsSlice(), last.AsSlice()
+	for i := 3; i < len(blockFirst); i++ {
+		blockFirst[i], blockLast[i] = 0, 0xff
+	}
+	bf, _ := netip.AddrFromSlice(blockFirst)
+	bl, _ := netip.AddrFromSlice(blockLast)
+	out := []netip.Addr{first, last, bf, bl}
+	for _, a := range []netip.Addr{first, bf} {
+		if prev := a.Prev(); prev.IsValid() {
+			out = append(out, prev)
+		}
+	}
+	for _, a := range []netip.Addr{last, bl} {
+		if next := a.Next(); next.IsValid() {
+			out = append(out, next)
+		}
+	}
+	return out
+}
+
+// FuzzAllowList checks the allow-list lookup (block bitmap, then trie)
+// against the model's plain prefix list: a random list is loaded, changed
+// into another (additions, then deletions, as Apply orders them), and after
+// each step peers at the edges of every prefix and of every block it
+// touches, at both hooks, get the model's verdict; and each bitmap holds
+// exactly the blocks the list touches.
+func FuzzAllowList(f *testing.F) {
+	f.Add([]byte{0, 24, 0, 0, 0, 0, 0x80 | 7, 48, 0, 0, 0, 0}, byte(1))
+	f.Add([]byte{0, 8, 0, 0, 0, 0, 1, 32, 0, 0, 9, 0, 2, 23, 1, 0, 0, 1, 3, 0, 0, 0, 0, 0}, byte(2))
+	f.Add([]byte{4, 32, 0, 0, 255, 0, 5, 9, 0, 0, 0, 0, 0xc7, 128, 1, 2, 3, 0, 0x87, 20, 0, 0, 0, 0, 0x83, 0, 0, 0, 0, 0}, byte(3))
+	f.Add([]byte{6, 16, 0, 0, 0, 0, 6, 25, 0, 0, 128, 0, 0x86, 24, 0, 0, 0, 0, 0x86, 23, 1, 0, 0, 0}, byte(4))
+	h := newHarness(f)
+	host4, host6 := netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("2001:db8::10")
+	f.Fuzz(func(t *testing.T, data []byte, split byte) {
+		var ps []netip.Prefix
+		for i := 0; i+6 <= len(data) && len(ps) < 24; i += 6 {
+			ps = append(ps, fuzzPrefix(data[i:i+6]))
+		}
+		// The first list, then the second: what split says of each.
+		var before, after []netip.Prefix
+		for i, p := range ps {
+			if i%3 != int(split)%3 {
+				before = append(before, p)
+			}
+			if (i+int(split))%2 == 0 {
+				after = append(after, p)
+			}
+		}
+		if err := h.m.AllowFlush(); err != nil {
+			t.Fatal(err)
+		}
+		h.allow = nil // configure must rewrite it for other users
+		check := func(step string, list []netip.Prefix) {
+			t.Helper()
+			mod := model.New(policy{allow: list}.model())
+			var peers []netip.Addr
+			for _, p := range ps {
+				peers = append(peers, edges(p)...)
+			}
+			slices.SortFunc(peers, netip.Addr.Compare)
+			peers = slices.Compact(peers)
+			for _, peer := range peers {
+				for _, hook := range []Hook{HookXDP, HookTC} {
+					src, dst := peer, host4
+					if peer.Is6() {
+						dst = host6
+					}
+					if hook == HookTC {
+						src, dst = dst, src
+					}
+					frame := fr(req4(src, dst))
+					if peer.Is6() {
+						frame = fr(req6(src, dst))
+					}
+					_, got, err := h.run(hook, frame, true)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if want := h.classify(mod, frame, hook).Reason; got.String() != want.String() {
+						t.Fatalf("%s: peer %s at %s: kernel %s, model %s\nlist %v", step, peer, hook, got, want, list)
+					}
+				}
+			}
+			w4, w6 := blocksOf(list)
+			for _, c := range []struct {
+				m    *ebpf.Map
+				want blockBitmap
+			}{{h.m.Allow4Blocks, w4}, {h.m.Allow6Blocks, w6}} {
+				got, err := readBlocks(c.m)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i := range got {
+					if c.want == nil && got[i] != 0 || c.want != nil && got[i] != c.want[i] {
+						t.Fatalf("%s: bitmap word %#x is %#x; the list %v touches %#x", step, i, got[i], list, c.want[i])
+					}
+				}
+			}
+		}
+		before = sortedSet(before)
+		after = sortedSet(after)
+		if err := h.m.AllowAdd(before); err != nil {
+			t.Fatal(err)
+		}
+		check("first list", before)
+		add, del := diffSorted(after, before)
+		if err := h.m.AllowAdd(add); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.m.AllowDel(del); err != nil {
+			t.Fatal(err)
+		}
+		check("second list", after)
 	})
 }

@@ -18,7 +18,7 @@ import (
 // The pin path holds the shared maps and, under netns/<inode>/<ifindex>,
 // what one attach made for one interface of one network namespace:
 //
-//	<pin>/config  allow4  allow6  frags  meta
+//	<pin>/config  allow4  allow6  allow4_blocks  allow6_blocks  frags4  frags6  meta
 //	<pin>/netns/<netns inode>/<ifindex>/stats  xdp_link  [tc_link | tc_legacy/]
 //
 // Ifindexes repeat across network namespaces (every namespace's first veth
@@ -30,7 +30,11 @@ const (
 	pinConfig     = "config"
 	pinAllow4     = "allow4"
 	pinAllow6     = "allow6"
-	pinFrags      = "frags"
+	pinAllow4Blk  = "allow4_blocks"
+	pinAllow6Blk  = "allow6_blocks"
+	pinFrags4     = "frags4"
+	pinFrags6     = "frags6"
+	pinFragsOld   = "frags" // both families' table before issue 14: removed
 	pinMeta       = "meta"
 	netnsDir      = "netns"
 	oldIfacesDir  = "ifaces" // the layout before netns/: upgraded by Open
@@ -65,6 +69,10 @@ type Guard struct {
 	// removed records that this Guard removed the shared state: its maps
 	// are pinned nowhere, and it may change nothing more.
 	removed bool
+	// blocksSynced records that the block bitmaps were checked against the
+	// tries (syncBlocks) since this Guard was opened; holding the lock, only
+	// this Guard changes the tries after that, keeping them in step.
+	blocksSynced bool
 }
 
 // Open opens the state under pinPath to change it, holding the pin path's
@@ -117,7 +125,7 @@ func open(pinPath string, create, lock bool) (g *Guard, err error) {
 			}
 		}()
 	}
-	if g.Maps, g.created, err = g.openMaps(create); err != nil {
+	if g.Maps, g.created, err = g.openMaps(create, lock); err != nil {
 		if g.created || !exists {
 			g.removeShared()
 		}
@@ -153,8 +161,18 @@ var memlockOnce = sync.OnceValue(func() error {
 func removeMemlock() error { return memlockOnce() }
 
 // openMaps opens the pinned shared maps, creating and pinning missing ones
-// when create is set. It reports whether it created any.
-func (g *Guard) openMaps(create bool) (m *Maps, created bool, err error) {
+// when create is set. It reports whether it created the state (its config).
+//
+// State pinned by a release before the block bitmaps and the per-family
+// fragment tables (issue 14) has none of them. A writer (it holds the lock)
+// makes them and pins them: each bitmap filled from the tries before it is
+// pinned, so that no program of this release, which reads it, is attached
+// before it agrees with the tries; the fragment tables empty (a cache; see
+// openFragsPin), and the old table's pin removed (programs still attached
+// keep their reference to it until they are swapped). A reader gets
+// unpinned ones it may not change, the bitmaps with every bit set (exact
+// whatever the tries hold, without walking them).
+func (g *Guard) openMaps(create, writer bool) (m *Maps, created bool, err error) {
 	_, s, err := specs()
 	if err != nil {
 		return nil, false, err
@@ -163,13 +181,18 @@ func (g *Guard) openMaps(create bool) (m *Maps, created bool, err error) {
 		s.XdpguardConfig: pinConfig,
 		s.XdpguardAllow4: pinAllow4,
 		s.XdpguardAllow6: pinAllow6,
-		s.XdpguardFrags:  pinFrags,
+		s.XdpguardBlk4:   pinAllow4Blk,
+		s.XdpguardBlk6:   pinAllow6Blk,
+		s.XdpguardFrags4: pinFrags4,
+		s.XdpguardFrags6: pinFrags6,
 	}
+	// Made by this release, missing in older state.
+	added := map[string]bool{pinAllow4Blk: true, pinAllow6Blk: true, pinFrags4: true, pinFrags6: true}
 	open := func(spec *ebpf.MapSpec) (*ebpf.Map, error) {
 		path := filepath.Join(g.pinPath, paths[spec])
 		mp, err := ebpf.LoadPinnedMap(path, nil)
 		if errors.Is(err, os.ErrNotExist) {
-			if !create {
+			if !create && !added[paths[spec]] {
 				return nil, fmt.Errorf("%s: %w", path, ErrNotSetUp)
 			}
 			return nil, nil
@@ -181,7 +204,7 @@ func (g *Guard) openMaps(create bool) (m *Maps, created bool, err error) {
 		if info, err := mp.Info(); err == nil {
 			want.MaxEntries = info.MaxEntries // sizes may be overridden
 		}
-		if spec == s.XdpguardFrags { // a cache: an older layout is replaced in place
+		if spec == s.XdpguardFrags4 || spec == s.XdpguardFrags6 { // a cache: an older layout is replaced in place
 			return openFragsPin(path, want, mp, create)
 		}
 		if err := want.Compatible(mp); err != nil {
@@ -201,25 +224,53 @@ func (g *Guard) openMaps(create bool) (m *Maps, created bool, err error) {
 	if err != nil {
 		return nil, false, err
 	}
+	created = missing[pinConfig] || missing[pinAllow4] || missing[pinAllow6]
 	if len(missing) == 0 {
 		return m, false, nil
+	}
+	fail := func(err error) (*Maps, bool, error) {
+		m.Close()
+		return nil, created, err
 	}
 	// Initialise the config before pinning it: an attached program must
 	// never read an all-zero port bitmap.
 	if missing[pinConfig] {
 		if err := m.WriteConfig(DefaultConfig()); err != nil {
-			m.Close()
-			return nil, true, err
+			return fail(err)
 		}
 	}
-	byName := map[string]*ebpf.Map{pinConfig: m.Config, pinAllow4: m.Allow4, pinAllow6: m.Allow6, pinFrags: m.Frags}
+	if missing[pinAllow4Blk] || missing[pinAllow6Blk] {
+		if !writer {
+			if err := m.fillAllBlocks(); err != nil {
+				return fail(err)
+			}
+		} else if !created {
+			ps, err := m.AllowList()
+			if err != nil {
+				return fail(err)
+			}
+			if err := m.setBlocks(ps); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	if !writer {
+		return m, false, nil
+	}
+	byName := map[string]*ebpf.Map{
+		pinConfig: m.Config, pinAllow4: m.Allow4, pinAllow6: m.Allow6,
+		pinAllow4Blk: m.Allow4Blocks, pinAllow6Blk: m.Allow6Blocks,
+		pinFrags4: m.Frags4, pinFrags6: m.Frags6,
+	}
 	for name := range missing {
 		if err := byName[name].Pin(filepath.Join(g.pinPath, name)); err != nil {
-			m.Close()
-			return nil, true, fmt.Errorf("pin map %s: %w", name, err)
+			return fail(fmt.Errorf("pin map %s: %w", name, err))
 		}
 	}
-	return m, true, nil
+	if err := os.Remove(filepath.Join(g.pinPath, pinFragsOld)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fail(fmt.Errorf("remove the fragment table of the layout before issue 14: %w", err))
+	}
+	return m, created, nil
 }
 
 // Close releases the lock and descriptors; pinned state lives on.
@@ -371,7 +422,7 @@ func (g *Guard) RemoveIfUnused() (bool, error) {
 
 func (g *Guard) removeShared() error {
 	var errs []error
-	for _, name := range []string{pinConfig, pinAllow4, pinAllow6, pinFrags, pinMeta} {
+	for _, name := range []string{pinConfig, pinAllow4, pinAllow6, pinAllow4Blk, pinAllow6Blk, pinFrags4, pinFrags6, pinFragsOld, pinMeta} {
 		if err := os.Remove(filepath.Join(g.pinPath, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}

@@ -13,7 +13,12 @@ type Maps struct {
 	Config *ebpf.Map // one slot: mode, fragment policy, port bitmap
 	Allow4 *ebpf.Map // LPM trie of trusted IPv4 peers
 	Allow6 *ebpf.Map // LPM trie of trusted IPv6 peers
-	Frags  *ebpf.Map // LRU of first-fragment verdicts
+	// Bitmaps of the /24 blocks (IPv4 and IPv6) the tries touch: the
+	// data plane walks a trie only where its block's bit is set.
+	Allow4Blocks *ebpf.Map
+	Allow6Blocks *ebpf.Map
+	Frags4       *ebpf.Map // LRU of IPv4 first-fragment verdicts
+	Frags6       *ebpf.Map // LRU of IPv6 first-fragment verdicts
 }
 
 // MapSizes overrides map sizes at creation; zero keeps the compiled default.
@@ -63,7 +68,8 @@ func applySizes(s *xdpguardSpecs, sizes MapSizes) {
 		s.XdpguardAllow6.MaxEntries = sizes.AllowEntries
 	}
 	if sizes.FragEntries != 0 {
-		s.XdpguardFrags.MaxEntries = sizes.FragEntries
+		s.XdpguardFrags4.MaxEntries = sizes.FragEntries
+		s.XdpguardFrags6.MaxEntries = sizes.FragEntries
 	}
 }
 
@@ -85,7 +91,10 @@ func createMaps(s *xdpguardSpecs, open func(*ebpf.MapSpec) (*ebpf.Map, error)) (
 		{&m.Config, s.XdpguardConfig},
 		{&m.Allow4, s.XdpguardAllow4},
 		{&m.Allow6, s.XdpguardAllow6},
-		{&m.Frags, s.XdpguardFrags},
+		{&m.Allow4Blocks, s.XdpguardBlk4},
+		{&m.Allow6Blocks, s.XdpguardBlk6},
+		{&m.Frags4, s.XdpguardFrags4},
+		{&m.Frags6, s.XdpguardFrags6},
 	} {
 		if open != nil {
 			if *p.dst, err = open(p.spec); err != nil {
@@ -105,7 +114,7 @@ func createMaps(s *xdpguardSpecs, open func(*ebpf.MapSpec) (*ebpf.Map, error)) (
 // Close releases the file descriptors; pinned maps live on.
 func (m *Maps) Close() error {
 	var errs []error
-	for _, mp := range []*ebpf.Map{m.Config, m.Allow4, m.Allow6, m.Frags} {
+	for _, mp := range m.all() {
 		if mp != nil {
 			errs = append(errs, mp.Close())
 		}
@@ -113,12 +122,19 @@ func (m *Maps) Close() error {
 	return errors.Join(errs...)
 }
 
+func (m *Maps) all() []*ebpf.Map {
+	return []*ebpf.Map{m.Config, m.Allow4, m.Allow6, m.Allow4Blocks, m.Allow6Blocks, m.Frags4, m.Frags6}
+}
+
 func (m *Maps) replacements() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
 		xdpguardMapXdpguardConfig: m.Config,
 		xdpguardMapXdpguardAllow4: m.Allow4,
 		xdpguardMapXdpguardAllow6: m.Allow6,
-		xdpguardMapXdpguardFrags:  m.Frags,
+		xdpguardMapXdpguardBlk4:   m.Allow4Blocks,
+		xdpguardMapXdpguardBlk6:   m.Allow6Blocks,
+		xdpguardMapXdpguardFrags4: m.Frags4,
+		xdpguardMapXdpguardFrags6: m.Frags6,
 	}
 }
 
@@ -205,21 +221,31 @@ func (m *Maps) AllowActive() (v4, v6 bool, err error) {
 	return raw.Allow4Active != 0, raw.Allow6Active != 0, nil
 }
 
-// ClearFrags empties the fragment table (tests reset state between frames).
+// ClearFrags empties the fragment tables (tests reset state between frames).
 func (m *Maps) ClearFrags() error {
-	var key xdpguardFragKey
-	var keys []xdpguardFragKey
-	it := m.Frags.Iterate()
+	if err := clearMap[xdpguardFrag4Key](m.Frags4); err != nil {
+		return fmt.Errorf("clear IPv4 fragment table: %w", err)
+	}
+	if err := clearMap[xdpguardFrag6Key](m.Frags6); err != nil {
+		return fmt.Errorf("clear IPv6 fragment table: %w", err)
+	}
+	return nil
+}
+
+func clearMap[K any](mp *ebpf.Map) error {
+	var key K
+	var keys []K
 	var v xdpguardFragVerdict
+	it := mp.Iterate()
 	for it.Next(&key, &v) {
 		keys = append(keys, key)
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("iterate fragment table: %w", err)
+		return err
 	}
 	for _, k := range keys {
-		if err := m.Frags.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("clear fragment table: %w", err)
+		if err := mp.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
 		}
 	}
 	return nil

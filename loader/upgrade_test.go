@@ -43,7 +43,7 @@ func attachV0(t *testing.T, ns *nstest.NS, pin, ifname string, egress bool, allo
 			return err
 		}
 		repl := map[string]*ebpf.Map{}
-		for name, file := range map[string]string{"xdpguard_config": pinConfig, "xdpguard_allow4": pinAllow4, "xdpguard_allow6": pinAllow6, "xdpguard_frags": pinFrags} {
+		for name, file := range map[string]string{"xdpguard_config": pinConfig, "xdpguard_allow4": pinAllow4, "xdpguard_allow6": pinAllow6, "xdpguard_frags": pinFragsOld} {
 			path := filepath.Join(pin, file)
 			m, err := ebpf.LoadPinnedMap(path, nil)
 			if errors.Is(err, os.ErrNotExist) {

@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -205,29 +206,32 @@ func TestUpgradeFromV0FragmentTable(t *testing.T) {
 		t.Fatalf("%d requests reached the socket during the upgrade under a flood of %d; want none", got-1, n)
 	}
 
-	// The pin now holds the new layout, and the attached program uses it.
+	// The old table's pin is gone; the per-family tables are pinned, and
+	// the attached program uses them, not the old one.
 	err = r.host.Do(func() error {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(r.pin, "frags"), nil)
-		if err != nil {
-			return err
+		if _, err := os.Stat(filepath.Join(r.pin, pinFragsOld)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the old fragment table is still pinned after the upgrade (stat: %v)", err)
 		}
-		defer m.Close()
 		_, s, err := specs()
 		if err != nil {
 			return err
 		}
-		if err := s.XdpguardFrags.Compatible(m); err != nil {
-			t.Errorf("frags pin after the upgrade: %v", err)
+		for name, spec := range map[string]*ebpf.MapSpec{pinFrags4: s.XdpguardFrags4, pinFrags6: s.XdpguardFrags6} {
+			m, err := ebpf.LoadPinnedMap(filepath.Join(r.pin, name), nil)
+			if err != nil {
+				return err
+			}
+			if err := spec.Compatible(m); err != nil {
+				t.Errorf("%s pin after the upgrade: %v", name, err)
+			}
+			m.Close()
 		}
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	newFrags := pinnedID(t, r, "frags")
-	if newFrags == oldFrags {
-		t.Fatalf("frags pin still names the old table %d", oldFrags)
-	}
+	newFrags := pinnedID(t, r, pinFrags4)
 	prog, err := ebpf.NewProgramFromID(ebpf.ProgramID(r.xdpProgID(t)))
 	if err != nil {
 		t.Fatal(err)
@@ -243,7 +247,7 @@ func TestUpgradeFromV0FragmentTable(t *testing.T) {
 		uses[id] = true
 	}
 	if !uses[newFrags] || uses[oldFrags] {
-		t.Fatalf("attached program uses maps %v: want the new fragment table %d, not the old %d", ids, newFrags, oldFrags)
+		t.Fatalf("attached program uses maps %v: want the new IPv4 fragment table %d, not the old %d", ids, newFrags, oldFrags)
 	}
 	// Fragments go through the new table: the first dropped, the rest follow.
 	f1, f2, f3 := frags(bigResp(attacker, hostAddr, 40000, testpkt.MemcachedPort, 0x0bad))

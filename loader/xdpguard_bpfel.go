@@ -28,15 +28,22 @@ type xdpguardCounter struct {
 	Bytes   uint64
 }
 
-type xdpguardFragKey struct {
-	_      structs.HostLayout
-	Saddr  [4]uint32
-	Daddr  [4]uint32
-	Id     uint32
-	Family uint8
-	Proto  uint8
-	Hook   uint8
-	Pad    uint8
+type xdpguardFrag4Key struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Id    uint16
+	Proto uint8
+	Hook  uint8
+}
+
+type xdpguardFrag6Key struct {
+	_     structs.HostLayout
+	Saddr [4]uint32
+	Daddr [4]uint32
+	Id    uint32
+	Hook  uint8
+	Pad   [3]uint8
 }
 
 type xdpguardFragPolicy uint32
@@ -93,13 +100,17 @@ const (
 const (
 	xdpguardMapXdpguardAllow4 = "xdpguard_allow4"
 	xdpguardMapXdpguardAllow6 = "xdpguard_allow6"
+	xdpguardMapXdpguardBlk4   = "xdpguard_blk4"
+	xdpguardMapXdpguardBlk6   = "xdpguard_blk6"
 	xdpguardMapXdpguardConfig = "xdpguard_config"
-	xdpguardMapXdpguardFrags  = "xdpguard_frags"
+	xdpguardMapXdpguardFrags4 = "xdpguard_frags4"
+	xdpguardMapXdpguardFrags6 = "xdpguard_frags6"
 	xdpguardMapXdpguardStats  = "xdpguard_stats"
 	xdpguardProgXdpguardTc    = "xdpguard_tc"
 	xdpguardProgXdpguardTcL3  = "xdpguard_tc_l3"
 	xdpguardProgXdpguardXdp   = "xdpguard_xdp"
 	xdpguardProgXdpguardXdpL3 = "xdpguard_xdp_l3"
+	xdpguardVarCoarseClock    = "coarse_clock"
 	xdpguardVarIp6fragTimeNs  = "ip6frag_time_ns"
 	xdpguardVarIpfragTimeNs   = "ipfrag_time_ns"
 )
@@ -158,8 +169,11 @@ type xdpguardProgramSpecs struct {
 type xdpguardMapSpecs struct {
 	XdpguardAllow4 *ebpf.MapSpec `ebpf:"xdpguard_allow4"`
 	XdpguardAllow6 *ebpf.MapSpec `ebpf:"xdpguard_allow6"`
+	XdpguardBlk4   *ebpf.MapSpec `ebpf:"xdpguard_blk4"`
+	XdpguardBlk6   *ebpf.MapSpec `ebpf:"xdpguard_blk6"`
 	XdpguardConfig *ebpf.MapSpec `ebpf:"xdpguard_config"`
-	XdpguardFrags  *ebpf.MapSpec `ebpf:"xdpguard_frags"`
+	XdpguardFrags4 *ebpf.MapSpec `ebpf:"xdpguard_frags4"`
+	XdpguardFrags6 *ebpf.MapSpec `ebpf:"xdpguard_frags6"`
 	XdpguardStats  *ebpf.MapSpec `ebpf:"xdpguard_stats"`
 }
 
@@ -167,6 +181,7 @@ type xdpguardMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpguardVariableSpecs struct {
+	CoarseClock   *ebpf.VariableSpec `ebpf:"coarse_clock"`
 	Ip6fragTimeNs *ebpf.VariableSpec `ebpf:"ip6frag_time_ns"`
 	IpfragTimeNs  *ebpf.VariableSpec `ebpf:"ipfrag_time_ns"`
 }
@@ -193,8 +208,11 @@ func (o *xdpguardObjects) Close() error {
 type xdpguardMaps struct {
 	XdpguardAllow4 *ebpf.Map `ebpf:"xdpguard_allow4"`
 	XdpguardAllow6 *ebpf.Map `ebpf:"xdpguard_allow6"`
+	XdpguardBlk4   *ebpf.Map `ebpf:"xdpguard_blk4"`
+	XdpguardBlk6   *ebpf.Map `ebpf:"xdpguard_blk6"`
 	XdpguardConfig *ebpf.Map `ebpf:"xdpguard_config"`
-	XdpguardFrags  *ebpf.Map `ebpf:"xdpguard_frags"`
+	XdpguardFrags4 *ebpf.Map `ebpf:"xdpguard_frags4"`
+	XdpguardFrags6 *ebpf.Map `ebpf:"xdpguard_frags6"`
 	XdpguardStats  *ebpf.Map `ebpf:"xdpguard_stats"`
 }
 
@@ -202,8 +220,11 @@ func (m *xdpguardMaps) Close() error {
 	return _XdpguardClose(
 		m.XdpguardAllow4,
 		m.XdpguardAllow6,
+		m.XdpguardBlk4,
+		m.XdpguardBlk6,
 		m.XdpguardConfig,
-		m.XdpguardFrags,
+		m.XdpguardFrags4,
+		m.XdpguardFrags6,
 		m.XdpguardStats,
 	)
 }
@@ -212,6 +233,7 @@ func (m *xdpguardMaps) Close() error {
 //
 // It can be passed to loadXdpguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpguardVariables struct {
+	CoarseClock   *ebpf.Variable `ebpf:"coarse_clock"`
 	Ip6fragTimeNs *ebpf.Variable `ebpf:"ip6frag_time_ns"`
 	IpfragTimeNs  *ebpf.Variable `ebpf:"ipfrag_time_ns"`
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,23 +29,18 @@ import (
 type Setup struct {
 	Name string
 	Desc string
-	up   func(l *Lab) error
-	down func(l *Lab) error
+	// RandomSources: the flood's sources cycle through RandomSources()
+	// instead of one address.
+	RandomSources bool
+	up            func(l *Lab) error
+	down          func(l *Lab) error
 }
 
 // Setups returns the four setups in the order they run. No protection runs
 // last so memcached's backlog from it cannot spill into another window.
 func Setups() []Setup {
 	return []Setup{
-		{Name: "xdpguard", Desc: "xdpguard attached (XDP, native mode on veth)",
-			up: func(l *Lab) error {
-				_, err := l.Refl.Run(l.Xdpguard, "--pin-path", l.PinPath, "attach", ReflIf)
-				return err
-			},
-			down: func(l *Lab) error {
-				_, err := l.Refl.Run(l.Xdpguard, "--pin-path", l.PinPath, "detach", ReflIf)
-				return err
-			}},
+		{Name: "xdpguard", Desc: "xdpguard attached (XDP, native mode on veth)", up: attach, down: detach},
 		{Name: "nft-netdev", Desc: "nftables netdev ingress: udp dport " + portStr + " drop",
 			up: func(l *Lab) error {
 				return l.nft("table netdev xgbench {\n\tchain ingress {\n\t\ttype filter hook ingress device \"" + ReflIf + "\" priority 0; policy accept;\n\t\tudp dport " + portStr + " drop\n\t}\n}")
@@ -55,10 +51,72 @@ func Setups() []Setup {
 				return l.nft("table inet xgbench {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tudp dport " + portStr + " drop\n\t}\n}")
 			},
 			down: func(l *Lab) error { return l.nft("delete table inet xgbench") }},
+		{Name: "xdpguard-rnd", Desc: fmt.Sprintf("xdpguard, empty allow list, %d random sources", len(RandomSources())),
+			RandomSources: true, up: attach, down: detach},
+		{Name: "xdpguard-rnd-1M", Desc: fmt.Sprintf("xdpguard, allow list of %d prefixes none of the sources is on, the same %d random sources", AllowListSize, len(RandomSources())),
+			RandomSources: true,
+			up: func(l *Lab) error {
+				if err := attach(l); err != nil {
+					return err
+				}
+				if l.AllowFile == "" {
+					return errors.New("no allow-list file for the flood (Lab.AllowFile)")
+				}
+				_, err := l.Refl.Run(l.Xdpguard, "--pin-path", l.PinPath, "allow", "load", l.AllowFile)
+				return err
+			},
+			down: detach},
 		{Name: "none", Desc: "no protection: memcached answers every get",
 			up:   func(*Lab) error { return nil },
 			down: func(*Lab) error { return nil }},
 	}
+}
+
+func attach(l *Lab) error {
+	_, err := l.Refl.Run(l.Xdpguard, "--pin-path", l.PinPath, "attach", ReflIf)
+	return err
+}
+
+// detach removes the attachment and, with it, the state and allow list.
+func detach(l *Lab) error {
+	_, err := l.Refl.Run(l.Xdpguard, "--pin-path", l.PinPath, "detach", ReflIf)
+	return err
+}
+
+// AllowListSize is the size of the allow list of the xdpguard-rnd-1M setup,
+// which the caller writes to Lab.AllowFile.
+const AllowListSize = 1_000_000
+
+// The random sources' first three octets each step by one per frame
+// (trafgen's dinc) through ranges of pairwise coprime lengths, so the
+// sequence repeats only after their product: 223 * 225 * 2 = 100,350
+// distinct sources spread over 1.0.0.0 to 223.224.1.7, every frame in
+// another /24 from the one before. The last octet is fixed.
+var sourceOctets = [3]struct{ lo, hi byte }{{1, 223}, {0, 224}, {0, 1}}
+
+const sourceLast = 7
+
+// RandomSources returns every source address the randomised flood sends
+// from.
+func RandomSources() []netip.Addr {
+	var out []netip.Addr
+	for a := sourceOctets[0].lo; ; a++ {
+		for b := sourceOctets[1].lo; ; b++ {
+			for c := sourceOctets[2].lo; ; c++ {
+				out = append(out, netip.AddrFrom4([4]byte{a, b, c, sourceLast}))
+				if c == sourceOctets[2].hi {
+					break
+				}
+			}
+			if b == sourceOctets[1].hi {
+				break
+			}
+		}
+		if a == sourceOctets[0].hi {
+			break
+		}
+	}
+	return out
 }
 
 // memcached serves TCP and UDP on the port xdpguard protects by default.
@@ -85,6 +143,7 @@ type Lab struct {
 	Xdpguard       string // the CLI binary
 	PinPath        string // throwaway, under a bpffs
 	Dir            string // scratch files
+	AllowFile      string // AllowListSize prefixes, none covering RandomSources()
 	memcached      *exec.Cmd
 }
 
@@ -182,15 +241,39 @@ func (l *Lab) attackFrame() ([]byte, error) {
 	return f, nil
 }
 
-// trafgenConfig writes the frame as a trafgen packet: one byte list.
-func (l *Lab) trafgenConfig(frame []byte) (string, error) {
+// Offsets in an Ethernet + IPv4 + UDP frame.
+const (
+	ipv4Checksum = 14 + 10
+	ipv4Source   = 14 + 12
+	ipv4End      = 14 + 20
+	udpChecksum  = 14 + 20 + 6
+)
+
+// trafgenConfig writes the frame as a trafgen packet: one byte list. With
+// random, the source address's first three octets step through
+// sourceOctets per frame, the IPv4 checksum is recomputed per frame
+// (csumip) and the UDP checksum is zero (none, which IPv4 allows).
+func (l *Lab) trafgenConfig(frame []byte, random bool) (string, error) {
 	var b strings.Builder
 	b.WriteString("{ ")
-	for i, c := range frame {
+	for i := 0; i < len(frame); i++ {
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		fmt.Fprintf(&b, "0x%02x", c)
+		switch {
+		case random && i >= ipv4Source && i < ipv4Source+3:
+			o := sourceOctets[i-ipv4Source]
+			fmt.Fprintf(&b, "dinc(%d, %d, 1)", o.lo, o.hi)
+		case random && i == ipv4Source+3:
+			fmt.Fprintf(&b, "%d", sourceLast)
+		case random && i == ipv4Checksum:
+			fmt.Fprintf(&b, "csumip(14, %d)", ipv4End-1)
+			i++ // csumip fills both bytes
+		case random && (i == udpChecksum || i == udpChecksum+1):
+			b.WriteString("0x00")
+		default:
+			fmt.Fprintf(&b, "0x%02x", frame[i])
+		}
 	}
 	b.WriteString(" }\n")
 	p := filepath.Join(l.Dir, "flood.trafgen")
@@ -263,7 +346,7 @@ func (l *Lab) Run(ctx context.Context, s Setup, window time.Duration) (res Resul
 	if err != nil {
 		return res, err
 	}
-	cfg, err := l.trafgenConfig(frame)
+	cfg, err := l.trafgenConfig(frame, s.RandomSources)
 	if err != nil {
 		return res, err
 	}

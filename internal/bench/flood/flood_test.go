@@ -1,6 +1,9 @@
 package flood
 
 import (
+	"net/netip"
+	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -42,5 +45,40 @@ func TestMergeAndRates(t *testing.T) {
 	// Quantiles interpolate between the sorted 1, 2, 3 µs: p99 is 2.98 µs.
 	if a.Latency.N() != 3 || a.Latency.Timeouts != 2 || a.Latency.P50() != 2*time.Microsecond || a.Latency.P99() != 2980*time.Nanosecond {
 		t.Fatalf("latency: n %d timeouts %d p50 %v p99 %v", a.Latency.N(), a.Latency.Timeouts, a.Latency.P50(), a.Latency.P99())
+	}
+}
+
+// The random sources are distinct, 100,350 of them, and the trafgen
+// config steps exactly the octets RandomSources varies.
+func TestRandomSources(t *testing.T) {
+	srcs := RandomSources()
+	seen := map[netip.Addr]bool{}
+	for _, a := range srcs {
+		if seen[a] || !a.Is4() {
+			t.Fatalf("%s twice or not IPv4", a)
+		}
+		seen[a] = true
+	}
+	if len(srcs) != 100_350 {
+		t.Fatalf("%d sources, want 100350", len(srcs))
+	}
+	l := &Lab{Dir: t.TempDir()}
+	frame := make([]byte, 60)
+	for i := range frame {
+		frame[i] = 0xff
+	}
+	p, err := l.trafgenConfig(frame, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ff := func(n int) string { return strings.Repeat("0xff, ", n) }
+	want := "{ " + ff(24) + "csumip(14, 33), dinc(1, 223, 1), dinc(0, 224, 1), dinc(0, 1, 1), 7, " + ff(10) +
+		"0x00, 0x00, " + strings.TrimSuffix(ff(18), ", ") + " }\n"
+	if string(b) != want {
+		t.Fatalf("trafgen config\n%s\nwant\n%s", b, want)
 	}
 }

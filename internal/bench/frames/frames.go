@@ -99,6 +99,12 @@ func All() ([]Frame, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fragments: %w", err)
 	}
+	big6 := testpkt.UDP(Server6, Attacker6, testpkt.MemcachedPort, 40000, value(3000))
+	big6.ID = 0x42424242
+	frags6, err := big6.Fragments(1448)
+	if err != nil {
+		return nil, fmt.Errorf("IPv6 fragments: %w", err)
+	}
 	return []Frame{
 		{Name: "ipv4_req", Desc: "IPv4 UDP get to :11211", Data: req4, Want: Drop},
 		{Name: "ipv6_req", Desc: "IPv6 UDP get to :11211", Data: req6, Want: Drop},
@@ -108,6 +114,8 @@ func All() ([]Frame, error) {
 		{Name: "udp_53", Desc: "IPv4 UDP to :53", Data: dns, Want: Pass},
 		{Name: "frag", Desc: "second IPv4 fragment of an answer from :11211 (first fragment seen before)",
 			Data: frags[1], Want: Drop, Prime: [][]byte{frags[0]}},
+		{Name: "frag6", Desc: "second IPv6 fragment of an answer from :11211 (first fragment seen before)",
+			Data: frags6[1], Want: Drop, Prime: [][]byte{frags6[0]}},
 	}, nil
 }
 
@@ -129,4 +137,13 @@ func RequestTo(src, dst string) ([]byte, error) {
 		return nil, fmt.Errorf("request destination: %w", err)
 	}
 	return testpkt.MemcachedRequest(s, d, 40000, "get atk\r\n").Frame()
+}
+
+// RequestFrom is Request from src, of either family, to the server.
+func RequestFrom(src netip.Addr) ([]byte, error) {
+	dst := Server4
+	if src.Is6() {
+		dst = Server6
+	}
+	return testpkt.MemcachedRequest(src, dst, 40000, testpkt.GetK).Frame()
 }

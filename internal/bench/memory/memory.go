@@ -44,7 +44,8 @@ func Defaults() ([]Map, error) {
 	for _, x := range []struct {
 		m     *ebpf.Map
 		scope string
-	}{{m.Config, "host"}, {m.Allow4, "host"}, {m.Allow6, "host"}, {m.Frags, "host"}, {dp.Stats, "interface"}} {
+	}{{m.Config, "host"}, {m.Allow4, "host"}, {m.Allow6, "host"}, {m.Allow4Blocks, "host"}, {m.Allow6Blocks, "host"},
+		{m.Frags4, "host"}, {m.Frags6, "host"}, {dp.Stats, "interface"}} {
 		info, err := x.m.Info()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("map info: %w", err))

@@ -16,15 +16,22 @@ func TestDefaults(t *testing.T) {
 	for _, m := range maps {
 		byName[m.Name] = m
 	}
-	for _, name := range []string{"xdpguard_config", "xdpguard_allow4", "xdpguard_allow6", "xdpguard_frags", "xdpguard_stats"} {
+	for _, name := range []string{"xdpguard_config", "xdpguard_allow4", "xdpguard_allow6", "xdpguard_blk4", "xdpguard_blk6", "xdpguard_frags4", "xdpguard_frags6", "xdpguard_stats"} {
 		if _, ok := byName[name]; !ok {
 			t.Fatalf("no %s in %v", name, maps)
 		}
 	}
 	// Preallocated maps use at least their entries' worth of memory; the
 	// empty tries use none.
-	if f := byName["xdpguard_frags"]; f.Memlock < uint64(f.MaxEntries)*uint64(f.KeySize+f.ValueSize) {
-		t.Errorf("frags: %d bytes for %d entries of %d+%d bytes", f.Memlock, f.MaxEntries, f.KeySize, f.ValueSize)
+	for _, name := range []string{"xdpguard_frags4", "xdpguard_frags6"} {
+		if f := byName[name]; f.Memlock < uint64(f.MaxEntries)*uint64(f.KeySize+f.ValueSize) {
+			t.Errorf("%s: %d bytes for %d entries of %d+%d bytes", name, f.Memlock, f.MaxEntries, f.KeySize, f.ValueSize)
+		}
+	}
+	for _, name := range []string{"xdpguard_blk4", "xdpguard_blk6"} { // arrays: no keys stored
+		if f := byName[name]; f.Memlock < uint64(f.MaxEntries)*uint64(f.ValueSize) {
+			t.Errorf("%s: %d bytes for %d entries of %d bytes", name, f.Memlock, f.MaxEntries, f.ValueSize)
+		}
 	}
 	if a := byName["xdpguard_allow4"]; a.Memlock != 0 {
 		t.Errorf("empty allow4 trie accounted %d bytes", a.Memlock)

@@ -18,6 +18,7 @@ const (
 	Xdpguard  = "xdpguard"
 	XDPFilter = "xdp-filter"
 	Floor     = "floor"
+	Previous  = "previous" // the release before issue 14 (PreviousObject)
 )
 
 // Program is a loaded XDP program and what must be closed with it.

@@ -7,13 +7,16 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -34,6 +37,7 @@ type options struct {
 	out, plot      string
 	xdpguard       string
 	xdpFilter      string
+	previous       string
 	rounds, repeat int
 	allowRounds    int
 	allowRepeat    int
@@ -56,6 +60,7 @@ func main() {
 	fs.StringVar(&o.plot, "plot", "docs/benchmarks.svg", "plot of per-packet costs to write (linked from the report by file name)")
 	fs.StringVar(&o.xdpguard, "xdpguard", "bin/xdpguard", "xdpguard binary for the CLI load and flood runs")
 	fs.StringVar(&o.xdpFilter, "xdp-filter-object", progs.XDPFilterObject, "xdp-filter's compiled BPF object")
+	fs.StringVar(&o.previous, "previous-object", progs.PreviousObject, "the release before issue 14's BPF object, measured beside the current one")
 	fs.IntVar(&o.rounds, "rounds", 31, "interleaved rounds per frame and program")
 	fs.IntVar(&o.repeat, "repeat", 2_000_000, "BPF_PROG_TEST_RUN repeats per round")
 	fs.IntVar(&o.allowRounds, "allow-rounds", 21, "interleaved rounds per allow-list size")
@@ -84,11 +89,15 @@ type report struct {
 	elapsed   time.Duration
 	frames    []frames.Frame
 	perPacket *perpacket.Result
-	allow     []allowlist.SizeResult
+	allow     []allowlist.SizeResult // IPv4
+	allow6    []allowlist.SizeResult
 	loads     []allowlist.LoadResult
 	flood     []flood.Result
-	maps      []memory.Map
-	o         options
+	// floodWalked is the share of the random flood's sources whose /24
+	// block a prefix of its allow list touches: their requests walk the trie.
+	floodWalked float64
+	maps        []memory.Map
+	o           options
 }
 
 func run(ctx context.Context, o options, log io.Writer) error {
@@ -152,6 +161,9 @@ func preflight(o options) error {
 	if _, err := os.Stat(o.xdpFilter); err != nil {
 		return fmt.Errorf("xdp-filter object %s: %w: install xdp-tools (`sudo make deps`) or pass --xdp-filter-object", o.xdpFilter, err)
 	}
+	if _, err := os.Stat(o.previous); err != nil {
+		return fmt.Errorf("previous release's object %s: %w: run from the repository's root or pass --previous-object", o.previous, err)
+	}
 	if _, err := os.Stat(o.xdpguard); err != nil {
 		return fmt.Errorf("xdpguard binary %s: %w: run `make build` first", o.xdpguard, err)
 	}
@@ -192,10 +204,16 @@ func perPacket(_ context.Context, r *report) error {
 		return err
 	}
 	defer filter.Close()
+	prev, err := progs.LoadPrevious(r.o.previous)
+	if err != nil {
+		return err
+	}
+	defer prev.Close()
 	subjects := []perpacket.Subject{
 		{Name: progs.Floor, Prog: floor.Prog},
 		{Name: progs.Xdpguard, Prog: guard.Prog},
 		{Name: progs.XDPFilter, Prog: filter.Prog},
+		{Name: progs.Previous, Prog: prev.Prog},
 	}
 	inputs := make([]perpacket.Input, len(fs))
 	for i, f := range fs {
@@ -208,29 +226,43 @@ func perPacket(_ context.Context, r *report) error {
 	// xdpguard must give every frame the verdict its policy says; a
 	// benchmark of a wrong path would be meaningless.
 	for _, f := range fs {
-		if got := r.perPacket.Cells[progs.Xdpguard][f.Name].Verdict; got != f.Want {
-			return fmt.Errorf("xdpguard returned %s on %s, want %s", frames.VerdictName(got), f.Name, frames.VerdictName(f.Want))
+		for _, v := range []string{progs.Xdpguard, progs.Previous} {
+			if got := r.perPacket.Cells[v][f.Name].Verdict; got != f.Want {
+				return fmt.Errorf("%s returned %s on %s, want %s", v, frames.VerdictName(got), f.Name, frames.VerdictName(f.Want))
+			}
 		}
 	}
 	return nil
 }
 
-// allowSizes are the allow-list sizes of the per-packet table.
-var allowSizes = []int{0, 1_000, 100_000, 1_000_000}
+// allowSizes and allow6Sizes are the allow-list sizes of the per-packet
+// tables, per family.
+var (
+	allowSizes  = []int{0, 1_000, 100_000, 1_000_000}
+	allow6Sizes = []int{0, 1_000, 100_000}
+)
 
 func allowList(_ context.Context, r *report) error {
 	largest := max(allowSizes[len(allowSizes)-1], r.o.loadSizes[len(r.o.loadSizes)-1])
 	all := allowlist.RandomPrefixes(largest, 1, frames.Attacker4)
-	req, err := frames.Request()
-	if err != nil {
+	all6 := allowlist.RandomPrefixes6(allow6Sizes[len(allow6Sizes)-1], 1, frames.Attacker6)
+	var err error
+	if r.allow, err = allowlist.PerPacket(4, allowSizes, all, frames.RequestFrom, frames.Attacker4, r.o.previous, r.o.allowRounds, r.o.allowRepeat); err != nil {
 		return err
 	}
-	if r.allow, err = allowlist.PerPacket(allowSizes, all, req, r.o.allowRounds, r.o.allowRepeat); err != nil {
+	if r.allow6, err = allowlist.PerPacket(6, allow6Sizes, all6, frames.RequestFrom, frames.Attacker6, r.o.previous, r.o.allowRounds, r.o.allowRepeat); err != nil {
 		return err
 	}
-	for _, a := range r.allow {
-		if a.Verdict != frames.Drop {
-			return fmt.Errorf("xdpguard with %d prefixes returned %s on a request from outside them", a.Size, frames.VerdictName(a.Verdict))
+	for _, a := range append(append([]allowlist.SizeResult(nil), r.allow...), r.allow6...) {
+		for v, c := range a.Outside {
+			if c.Verdict != frames.Drop {
+				return fmt.Errorf("%s with %d IPv%d prefixes returned %s on a request from outside them", v, a.Size, a.Family, frames.VerdictName(c.Verdict))
+			}
+		}
+		for v, c := range a.Inside {
+			if c.Verdict != frames.Pass {
+				return fmt.Errorf("%s with %d IPv%d prefixes returned %s on a request from inside them", v, a.Size, a.Family, frames.VerdictName(c.Verdict))
+			}
 		}
 	}
 	dir, err := os.MkdirTemp("", "xgbench")
@@ -263,6 +295,14 @@ func floodRun(ctx context.Context, r *report) error {
 		return err
 	}
 	defer l.Close()
+	// The random-source flood's allow list: none of its prefixes covers a
+	// source, so every frame is dropped after the allow-list lookup.
+	l.AllowFile = filepath.Join(dir, "flood-allow.txt")
+	list := allowlist.RandomPrefixesAvoiding(flood.AllowListSize, 3, coversAny(flood.RandomSources()))
+	if err := allowlist.WriteFile(l.AllowFile, list); err != nil {
+		return err
+	}
+	r.floodWalked = touchedShare(list, flood.RandomSources())
 	// Two passes of half the window, the second in reverse order (A B C D
 	// D C B A), merged: drift over the run lands on every setup alike.
 	setups := flood.Setups()
@@ -290,6 +330,44 @@ func floodRun(ctx context.Context, r *report) error {
 	}
 	r.flood = results
 	return nil
+}
+
+// touchedShare is the share of addrs whose /24 holds or lies inside a
+// prefix of list (IPv4).
+func touchedShare(list []netip.Prefix, addrs []netip.Addr) float64 {
+	touched := map[uint32]bool{}
+	for _, p := range list {
+		first := binary.BigEndian.Uint32(p.Masked().Addr().AsSlice()) >> 8
+		last := first
+		if p.Bits() < 24 {
+			last = first | uint32(1)<<(24-p.Bits()) - 1
+		}
+		for b := first; b <= last; b++ {
+			touched[b] = true
+		}
+	}
+	n := 0
+	for _, a := range addrs {
+		if touched[binary.BigEndian.Uint32(a.AsSlice())>>8] {
+			n++
+		}
+	}
+	return float64(n) / float64(len(addrs))
+}
+
+// coversAny returns a test of whether an IPv4 prefix covers any of addrs.
+func coversAny(addrs []netip.Addr) func(netip.Prefix) bool {
+	sorted := make([]uint32, len(addrs))
+	for i, a := range addrs {
+		sorted[i] = binary.BigEndian.Uint32(a.AsSlice())
+	}
+	slices.Sort(sorted)
+	return func(p netip.Prefix) bool {
+		first := binary.BigEndian.Uint32(p.Masked().Addr().AsSlice())
+		last := first | uint32(uint64(1)<<(32-p.Bits())-1)
+		i, _ := slices.BinarySearch(sorted, first)
+		return i < len(sorted) && sorted[i] <= last
+	}
 }
 
 func mapMemory(_ context.Context, r *report) error {

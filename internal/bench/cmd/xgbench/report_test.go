@@ -1,6 +1,9 @@
 package main
 
-import "testing"
+import (
+	"net/netip"
+	"testing"
+)
 
 func TestCount(t *testing.T) {
 	for n, want := range map[int]string{0: "0", 999: "999", 1000: "1 000", 1_000_000: "1 000 000", 12345678: "12 345 678"} {
@@ -30,5 +33,19 @@ func TestRateAndSize(t *testing.T) {
 	}
 	if got := bytesize(512); got != "512 B" {
 		t.Errorf("bytesize = %q", got)
+	}
+}
+
+func TestTouchedShare(t *testing.T) {
+	list := []netip.Prefix{netip.MustParsePrefix("10.0.0.128/25"), netip.MustParsePrefix("10.1.0.0/23"), netip.MustParsePrefix("10.2.0.7/32")}
+	addrs := []netip.Addr{netip.MustParseAddr("10.0.0.7"), netip.MustParseAddr("10.1.1.9"), netip.MustParseAddr("10.2.0.8"), netip.MustParseAddr("10.3.0.7")}
+	if got := touchedShare(list, addrs); got != 0.75 {
+		t.Fatalf("touchedShare = %v, want 0.75 (three of four in a touched /24)", got)
+	}
+	covers := coversAny(addrs)
+	for p, want := range map[string]bool{"10.0.0.0/24": true, "10.0.0.128/25": false, "10.3.0.0/16": true, "10.4.0.0/16": false, "0.0.0.0/0": true} {
+		if got := covers(netip.MustParsePrefix(p)); got != want {
+			t.Errorf("coversAny(%s) = %v, want %v", p, got, want)
+		}
 	}
 }
