@@ -44,7 +44,8 @@ func fakeSnapshot() *Snapshot {
 		Maps: []MapFill{
 			{Name: "allow4", Entries: 3, MaxEntries: 1 << 20},
 			{Name: "allow6", Entries: 1, MaxEntries: 1 << 20},
-			{Name: "frags", Entries: 17, MaxEntries: 65536},
+			{Name: "frags4", Entries: 17, MaxEntries: 65536},
+			{Name: "frags6", Entries: 3, MaxEntries: 65536},
 		},
 	}
 }
@@ -90,11 +91,13 @@ xdpguard_allow_prefixes{family="ipv6"} 1
 # TYPE xdpguard_map_entries gauge
 xdpguard_map_entries{map="allow4"} 3
 xdpguard_map_entries{map="allow6"} 1
-xdpguard_map_entries{map="frags"} 17
+xdpguard_map_entries{map="frags4"} 17
+xdpguard_map_entries{map="frags6"} 3
 # TYPE xdpguard_map_max_entries gauge
 xdpguard_map_max_entries{map="allow4"} 1.048576e+06
 xdpguard_map_max_entries{map="allow6"} 1.048576e+06
-xdpguard_map_max_entries{map="frags"} 65536
+xdpguard_map_max_entries{map="frags4"} 65536
+xdpguard_map_max_entries{map="frags6"} 65536
 `
 	if len(reasonNames) != loader.ReasonCount {
 		t.Fatalf("the loader has %d reasons, this test names %d: add the new one's label", loader.ReasonCount, len(reasonNames))

@@ -17,8 +17,12 @@ import (
 	"github.com/xdpguard/xdpguard/loader"
 )
 
-// fragKeySize is struct frag_key's size in bpf/xdpguard.c.
-const fragKeySize = 40
+// fragKeySize and fragValueSize are struct frag6_key's and struct
+// frag_verdict's sizes in bpf/xdpguard.c: the tests fill the IPv6 table.
+const (
+	fragKeySize   = 40
+	fragValueSize = 16
+)
 
 // newMaps makes unpinned shared maps of the compiled sizes.
 func newMaps(t testing.TB) *loader.Maps {
@@ -29,8 +33,9 @@ func newMaps(t testing.TB) *loader.Maps {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
-	if m.Frags.KeySize() != fragKeySize {
-		t.Fatalf("fragment key is %d bytes, this test writes %d: update fragKeySize", m.Frags.KeySize(), fragKeySize)
+	if m.Frags6.KeySize() != fragKeySize || m.Frags6.ValueSize() != fragValueSize {
+		t.Fatalf("fragment key and value are %d and %d bytes, this test writes %d and %d: update fragKeySize and fragValueSize",
+			m.Frags6.KeySize(), m.Frags6.ValueSize(), fragKeySize, fragValueSize)
 	}
 	return m
 }
@@ -62,10 +67,10 @@ func fillFrags(t testing.TB, frags *ebpf.Map, first, n int) {
 		}
 	}()
 	keys := make([][fragKeySize]byte, n)
-	vals := make([]uint32, n)
+	vals := make([][fragValueSize]byte, n) // zero verdicts
 	for i := range keys {
 		binary.LittleEndian.PutUint32(keys[i][32:], uint32(first+i)) // the IP ID
-		keys[i][0] = 10                                              // an IPv4 source
+		keys[i][0] = 0x20                                            // a source address
 	}
 	if _, err := frags.BatchUpdate(keys, vals, nil); err != nil {
 		t.Fatalf("fill fragment table: %v", err)
@@ -76,20 +81,20 @@ func fillFrags(t testing.TB, frags *ebpf.Map, first, n int) {
 // with the batch walk and the key-by-key walk, which must agree.
 func TestCountEntries(t *testing.T) {
 	m := newMaps(t)
-	max := int(m.Frags.MaxEntries())
+	max := int(m.Frags6.MaxEntries())
 	for _, tc := range []struct {
 		name       string
 		first, add int
 		inserted   int
 	}{{"empty", 0, 0, 0}, {"1000", 0, 1000, 1000}, {"full", 1000, max - 1000, max}} {
 		if tc.add > 0 {
-			fillFrags(t, m.Frags, tc.first, tc.add)
+			fillFrags(t, m.Frags6, tc.first, tc.add)
 		}
-		batched, err := CountEntries(m.Frags)
+		batched, err := CountEntries(m.Frags6)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
-		byKeys, err := countByKeys(m.Frags)
+		byKeys, err := countByKeys(m.Frags6)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
@@ -109,7 +114,7 @@ func TestCountEntries(t *testing.T) {
 // once, as an uncached scrape does.
 func BenchmarkCountFullFragTable(b *testing.B) {
 	m := newMaps(b)
-	fillFrags(b, m.Frags, 0, int(m.Frags.MaxEntries()))
+	fillFrags(b, m.Frags6, 0, int(m.Frags6.MaxEntries()))
 	for _, bc := range []struct {
 		name  string
 		count func(*ebpf.Map) (int, error)
@@ -118,7 +123,7 @@ func BenchmarkCountFullFragTable(b *testing.B) {
 			var n int
 			for b.Loop() {
 				var err error
-				if n, err = bc.count(m.Frags); err != nil {
+				if n, err = bc.count(m.Frags6); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -154,7 +159,7 @@ func BenchmarkScrapeFullFragTable(b *testing.B) {
 		}
 	}
 	b.Run("empty", scrape)
-	fillFrags(b, g.Maps.Frags, 0, int(g.Maps.Frags.MaxEntries()))
+	fillFrags(b, g.Maps.Frags6, 0, int(g.Maps.Frags6.MaxEntries()))
 	b.Run("full", scrape)
 }
 
@@ -168,7 +173,7 @@ func TestFragCountCache(t *testing.T) {
 	uncached := &fragCounter{now: clock}
 	expect := func(fc *fragCounter, want int, when string) {
 		t.Helper()
-		n, err := fc.count(m.Frags)
+		n, err := fc.count(m.Frags6)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -177,7 +182,7 @@ func TestFragCountCache(t *testing.T) {
 		}
 	}
 	expect(cached, 0, "empty")
-	fillFrags(t, m.Frags, 0, 10)
+	fillFrags(t, m.Frags6, 0, 10)
 	expect(uncached, 10, "uncached, at once")
 	now = now.Add(FragCountCacheFor - time.Millisecond)
 	expect(cached, 0, "cached, just before the count expires")

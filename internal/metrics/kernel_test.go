@@ -237,10 +237,12 @@ xdpguard_allow_prefixes{family="ipv4"} 1
 xdpguard_allow_prefixes{family="ipv6"} 1
 xdpguard_map_entries{map="allow4"} 1
 xdpguard_map_entries{map="allow6"} 1
-xdpguard_map_entries{map="frags"} 1
+xdpguard_map_entries{map="frags4"} 1
+xdpguard_map_entries{map="frags6"} 0
 xdpguard_map_max_entries{map="allow4"} 1.048576e+06
 xdpguard_map_max_entries{map="allow6"} 1.048576e+06
-xdpguard_map_max_entries{map="frags"} 65536
+xdpguard_map_max_entries{map="frags4"} 65536
+xdpguard_map_max_entries{map="frags6"} 65536
 `)
 	got := exposition(t, NewCollector(r.source()))
 	if err := compareSamples(got, exp.String()); err != nil {

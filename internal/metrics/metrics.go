@@ -82,8 +82,8 @@ func NewCollector(src Source) *Collector {
 			"Prefixes on the allow list, by family (ipv4, ipv6).",
 			[]string{"family"}, nil),
 		entries: prometheus.NewDesc(MapEntries,
-			"Entries in a bounded shared map: allow4 and allow6 (allow-list prefixes), frags "+
-				"(first-fragment verdicts awaiting their later fragments; an LRU, so when full the oldest is replaced).",
+			"Entries in a bounded shared map: allow4 and allow6 (allow-list prefixes), frags4 and frags6 "+
+				"(IPv4 and IPv6 first-fragment verdicts awaiting their later fragments; an LRU, so when full the oldest is replaced).",
 			[]string{"map"}, nil),
 		maxEnt: prometheus.NewDesc(MapMaxEntries,
 			"Capacity of a bounded shared map (see xdpguard_map_entries).",

@@ -28,7 +28,7 @@ type AllowCounts struct {
 
 // MapFill is how full one bounded map is.
 type MapFill struct {
-	Name       string // allow4, allow6 or frags: the map's pin name
+	Name       string // allow4, allow6, frags4 or frags6: the map's pin name
 	Entries    int
 	MaxEntries int
 }
@@ -54,7 +54,8 @@ func (f SourceFunc) Read() (*Snapshot, error) { return f() }
 type GuardSource struct {
 	pinPath    string
 	interfaces []string
-	frags      *fragCounter
+	frags4     *fragCounter
+	frags6     *fragCounter
 }
 
 // FragCountCacheFor is how long the agent reuses a count of the fragment
@@ -72,7 +73,8 @@ const FragCountCacheFor = 5 * time.Second
 // how long a count of the fragment table is reused (the agent passes
 // FragCountCacheFor); 0 counts it at every Read.
 func NewGuardSource(pinPath string, fragCacheFor time.Duration, interfaces ...string) *GuardSource {
-	return &GuardSource{pinPath: pinPath, interfaces: interfaces, frags: &fragCounter{ttl: fragCacheFor, now: time.Now}}
+	return &GuardSource{pinPath: pinPath, interfaces: interfaces,
+		frags4: &fragCounter{ttl: fragCacheFor, now: time.Now}, frags6: &fragCounter{ttl: fragCacheFor, now: time.Now}}
 }
 
 // Read opens the state read-only, reads it and closes it again.
@@ -82,16 +84,16 @@ func (s *GuardSource) Read() (*Snapshot, error) {
 		return nil, err
 	}
 	defer g.Close()
-	return readGuard(g, s.frags, s.interfaces...)
+	return readGuard(g, s.frags4, s.frags6, s.interfaces...)
 }
 
 // ReadGuard reads a snapshot from an open Guard, counting the fragment
 // table afresh. interfaces, when given, restrict the per-interface series.
 func ReadGuard(g *loader.Guard, interfaces ...string) (*Snapshot, error) {
-	return readGuard(g, &fragCounter{now: time.Now}, interfaces...)
+	return readGuard(g, &fragCounter{now: time.Now}, &fragCounter{now: time.Now}, interfaces...)
 }
 
-func readGuard(g *loader.Guard, frags *fragCounter, interfaces ...string) (*Snapshot, error) {
+func readGuard(g *loader.Guard, frags4, frags6 *fragCounter, interfaces ...string) (*Snapshot, error) {
 	var snap Snapshot
 	var err error
 	if snap.Stats, err = g.Stats(interfaces...); err != nil {
@@ -111,14 +113,19 @@ func readGuard(g *loader.Guard, frags *fragCounter, interfaces ...string) (*Snap
 	if snap.Allow.IPv4, snap.Allow.IPv6, err = g.AllowCounts(); err != nil {
 		return nil, fmt.Errorf("count allow list: %w", err)
 	}
-	fragCount, err := frags.count(g.Maps.Frags)
+	frag4Count, err := frags4.count(g.Maps.Frags4)
+	if err != nil {
+		return nil, err
+	}
+	frag6Count, err := frags6.count(g.Maps.Frags6)
 	if err != nil {
 		return nil, err
 	}
 	snap.Maps = []MapFill{
 		{Name: "allow4", Entries: snap.Allow.IPv4, MaxEntries: int(g.Maps.Allow4.MaxEntries())},
 		{Name: "allow6", Entries: snap.Allow.IPv6, MaxEntries: int(g.Maps.Allow6.MaxEntries())},
-		{Name: "frags", Entries: fragCount, MaxEntries: int(g.Maps.Frags.MaxEntries())},
+		{Name: "frags4", Entries: frag4Count, MaxEntries: int(g.Maps.Frags4.MaxEntries())},
+		{Name: "frags6", Entries: frag6Count, MaxEntries: int(g.Maps.Frags6.MaxEntries())},
 	}
 	return &snap, nil
 }
