@@ -32,8 +32,17 @@ demo: deps build
 bench: deps build
 	./scripts/bench.sh
 
+# The binary, the systemd unit, and the example config and allow list. An
+# existing /etc/xdpguard/xdpguard.yaml or allow.txt is never overwritten.
+UNITDIR ?= /etc/systemd/system
+CONFDIR := /etc/xdpguard
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/xdpguard
+	install -d -m 0755 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(CONFDIR)
+	sed 's|/usr/local/bin|$(PREFIX)/bin|g' deploy/xdpguard.service >$(DESTDIR)$(UNITDIR)/xdpguard.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/xdpguard.service
+	test -e $(DESTDIR)$(CONFDIR)/xdpguard.yaml || install -m 0644 deploy/xdpguard.yaml $(DESTDIR)$(CONFDIR)/xdpguard.yaml
+	test -e $(DESTDIR)$(CONFDIR)/allow.txt || install -m 0644 deploy/allow.txt $(DESTDIR)$(CONFDIR)/allow.txt
 
 clean:
 	rm -rf bin

@@ -2,7 +2,7 @@
 # Installs what building, testing, the demo and the benchmarks need on a fresh
 # Debian machine, and nothing when it is already there. Go itself must exist.
 set -euo pipefail
-pkgs=(clang llvm libbpf-dev bpftool xdp-tools memcached netsniff-ng nftables tcpdump iproute2 python3-scapy)
+pkgs=(clang llvm libbpf-dev bpftool xdp-tools memcached netsniff-ng nftables tcpdump iproute2 python3-scapy prometheus systemd)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -295,8 +295,9 @@ counted once, under one reason:
   would_drop            monitor mode: would have been dropped
   pass_orphan_fragment  track: a later UDP fragment whose first was never seen
 With --watch, prints per-second rates every INTERVAL until interrupted.
-With --prometheus, prints the counters in Prometheus' text format, for
-node_exporter's textfile collector.`,
+With --prometheus, prints the counters, what is attached, the config and map
+fill in Prometheus' text format, for node_exporter's textfile collector: the
+series the agent serves at /metrics, without the agent's own.`,
 	example: `  sudo xdpguard stats
   sudo xdpguard stats eth0 --json
   sudo xdpguard stats --watch 1s
@@ -304,7 +305,7 @@ node_exporter's textfile collector.`,
     mv /var/lib/node_exporter/xdpguard.prom.$$ /var/lib/node_exporter/xdpguard.prom`,
 	flags: func(fs *pflag.FlagSet) {
 		fs.Bool("json", false, "print JSON")
-		fs.Bool("prometheus", false, "print Prometheus text format (counters)")
+		fs.Bool("prometheus", false, "print Prometheus text format (for node_exporter's textfile collector)")
 		fs.Duration("watch", 0, "print per-second rates every INTERVAL (e.g. 1s)")
 		fs.Int("count", 0, "with --watch: stop after this many samples (0: until interrupted)")
 	},
@@ -333,8 +334,7 @@ node_exporter's textfile collector.`,
 			case asJSON:
 				return writeJSON(c.stdout, statsReport{Interfaces: nonNil(st)})
 			case prom:
-				printPrometheus(c.stdout, st)
-				return nil
+				return printPrometheus(c.stdout, guardSource(g, args))
 			}
 			printStats(c.stdout, st)
 			return nil

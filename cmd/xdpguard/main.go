@@ -124,7 +124,7 @@ Run '%s COMMAND --help' for a command's flags and examples.
 `, programName)
 }
 
-var commandOrder = []string{"attach", "detach", "status", "stats", "allow", "ports", "mode", "fragments", "check", "version"}
+var commandOrder = []string{"attach", "detach", "status", "stats", "allow", "ports", "mode", "fragments", "agent", "check", "version"}
 
 func order(name string) int {
 	for i, n := range commandOrder {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/xdpguard/xdpguard/internal/metrics"
 	"github.com/xdpguard/xdpguard/internal/nstest"
 	"github.com/xdpguard/xdpguard/internal/testpkt"
 	"github.com/xdpguard/xdpguard/loader"
@@ -326,22 +327,51 @@ func TestCLIInNamespace(t *testing.T) {
 	}
 }
 
+// TestPrintPrometheus checks stats --prometheus's text: exact lines for the
+// counters with an interface name that needs escaping, the config series,
+// none of the agent's or the Go runtime's, and nothing written when the read
+// fails.
 func TestPrintPrometheus(t *testing.T) {
 	var b bytes.Buffer
-	printPrometheus(&b, []loader.InterfaceStats{{Interface: `we"ird`, Hook: "xdp", Counters: map[string]loader.Counter{"drop_response": {Packets: 3, Bytes: 4200}}}})
+	src := metrics.SourceFunc(func() (*metrics.Snapshot, error) {
+		return &metrics.Snapshot{
+			Stats:  []loader.InterfaceStats{{Interface: `we"ird`, Hook: "xdp", Counters: map[string]loader.Counter{"drop_response": {Packets: 3, Bytes: 4200}}}},
+			Config: loader.DefaultConfig(),
+		}, nil
+	})
+	if err := printPrometheus(&b, src); err != nil {
+		t.Fatal(err)
+	}
 	out := b.String()
 	for _, want := range []string{
 		"# TYPE xdpguard_packets_total counter\n",
-		`xdpguard_packets_total{interface="we\"ird",hook="xdp",reason="drop_response"} 3` + "\n",
-		`xdpguard_bytes_total{interface="we\"ird",hook="xdp",reason="drop_response"} 4200` + "\n",
-		`xdpguard_packets_total{interface="we\"ird",hook="xdp",reason="pass"} 0` + "\n",
+		`xdpguard_packets_total{hook="xdp",interface="we\"ird",reason="drop_response"} 3` + "\n",
+		`xdpguard_bytes_total{hook="xdp",interface="we\"ird",reason="drop_response"} 4200` + "\n",
+		`xdpguard_packets_total{hook="xdp",interface="we\"ird",reason="pass"} 0` + "\n",
+		`xdpguard_config_info{fragments="track",mode="enforce"} 1` + "\n",
+		`xdpguard_protected_port{port="11211"} 1` + "\n",
+		`xdpguard_build_info{goversion="`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q in:\n%s", want, out)
 		}
 	}
-	if n := strings.Count(out, "\n"); n != 4+2*loader.ReasonCount {
-		t.Errorf("%d lines, want 2 metrics x (2 comments + %d reasons)", n, loader.ReasonCount)
+	if n := strings.Count(out, "\nxdpguard_packets_total{"); n != loader.ReasonCount {
+		t.Errorf("%d packet series, want one per reason (%d)", n, loader.ReasonCount)
+	}
+	for _, absent := range []string{"\ngo_", "\nprocess_", "xdpguard_reconcile_total", "xdpguard_interfaces_wanted"} {
+		if strings.Contains(out, absent) {
+			t.Errorf("%q in the textfile output: it holds the kernel's state only\n%s", absent, out)
+		}
+	}
+
+	b.Reset()
+	failing := metrics.SourceFunc(func() (*metrics.Snapshot, error) { return nil, errors.New("read counters: boom") })
+	if err := printPrometheus(&b, failing); err == nil || !strings.Contains(err.Error(), "boom") {
+		t.Errorf("failed read: error %v, want one naming the cause", err)
+	}
+	if b.Len() != 0 {
+		t.Errorf("failed read wrote %q: a textfile must not hold part of the state", b.String())
 	}
 }
 

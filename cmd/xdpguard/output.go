@@ -7,6 +7,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/xdpguard/xdpguard/internal/metrics"
 	"github.com/xdpguard/xdpguard/loader"
 )
 
@@ -68,28 +69,16 @@ func printStats(w io.Writer, st []loader.InterfaceStats) {
 	tw.Flush()
 }
 
-// printPrometheus writes counters in Prometheus' text exposition format.
-func printPrometheus(w io.Writer, st []loader.InterfaceStats) {
-	for _, m := range []struct {
-		name, help string
-		value      func(loader.Counter) uint64
-	}{
-		{"xdpguard_packets_total", "Packets seen by xdpguard, by interface, hook and reason.", func(c loader.Counter) uint64 { return c.Packets }},
-		{"xdpguard_bytes_total", "Bytes seen by xdpguard, by interface, hook and reason.", func(c loader.Counter) uint64 { return c.Bytes }},
-	} {
-		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s counter\n", m.name, m.help, m.name)
-		for _, s := range st {
-			for _, r := range loader.Reasons() {
-				fmt.Fprintf(w, "%s{interface=\"%s\",hook=\"%s\",reason=\"%s\"} %d\n",
-					m.name, promEscape(s.Interface), s.Hook, r, m.value(s.Counters[r.String()]))
-			}
-		}
-	}
+// printPrometheus writes the state in Prometheus' text exposition format
+// through the collector the agent serves, so both say the same thing under
+// the same names.
+func printPrometheus(w io.Writer, src metrics.Source) error {
+	return metrics.WriteText(w, metrics.NewTextfileRegistry(src, version))
 }
 
-// promEscape escapes a label value: interface names may hold a quote.
-func promEscape(s string) string {
-	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s)
+// guardSource reads g; names, when given, restrict the per-interface series.
+func guardSource(g *loader.Guard, names []string) metrics.Source {
+	return metrics.SourceFunc(func() (*metrics.Snapshot, error) { return metrics.ReadGuard(g, names...) })
 }
 
 // netnsLabel names an attachment's network namespace by its inode, marking
