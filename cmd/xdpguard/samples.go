@@ -86,11 +86,10 @@ rate is host-wide and takes effect at once. With no argument, prints it.`,
 // sampleFilter picks the samples of some interfaces (of this namespace) and
 // reasons.
 type sampleFilter struct {
-	netns    uint64
-	ifindex  map[int]string // empty: every interface
-	reasons  map[loader.Reason]bool
-	ifByIdx  map[int]string
-	anyIface bool
+	netns   uint64
+	ifindex map[int]string // empty: every interface
+	reasons map[loader.Reason]bool
+	ifByIdx map[int]string
 }
 
 func newSampleFilter(ifaces, reasons []string) (*sampleFilter, error) {
