@@ -145,8 +145,10 @@ type SampleReader struct {
 // ring buffer has one consumer: while one SampleReader is open, another
 // process's OpenSamples fails with ErrSamplesBusy.
 func (g *Guard) OpenSamples() (*SampleReader, error) {
-	if g.Maps.Samples == nil {
-		return nil, fmt.Errorf("%s: no sample ring buffer: it was set up by an older release; run `xdpguard apply` or attach again to upgrade", g.pinPath)
+	// A read-only open of state from a release before sampling made an
+	// unpinned ring buffer no program writes to: say so, not wait for ever.
+	if _, err := os.Stat(filepath.Join(g.pinPath, pinSamples)); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s: no drop-sample ring buffer: the state was made by a release before sampling; attach the interfaces again (xdpguard attach IFACE) to upgrade it", g.pinPath)
 	}
 	path := filepath.Join(g.pinPath, sampleReaderDir)
 	if err := os.Mkdir(path, sharedPinMode); err != nil && !errors.Is(err, os.ErrExist) {

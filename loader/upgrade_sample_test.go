@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -40,6 +41,12 @@ func TestUpgradeAddsSampling(t *testing.T) {
 		st, err := g.Stats()
 		if err != nil || len(st) != 1 || st[0].Samples != nil {
 			t.Fatalf("stats of the old state: %+v, %v: want one hook, no sample counters", st, err)
+		}
+		if rd, err := g.OpenSamples(); err == nil || !strings.Contains(err.Error(), "release before sampling") {
+			if rd != nil {
+				rd.Close()
+			}
+			t.Fatalf("reading samples of the old state: %v, want an error saying it predates sampling", err)
 		}
 		return nil
 	})

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"testing"
 	"time"
@@ -62,7 +63,8 @@ func fillFrags(t testing.TB, frags *ebpf.Map, first, n int) {
 		}
 	}()
 	keys := make([][fragKeySize]byte, n)
-	vals := make([]uint32, n)
+	// Zero verdicts of the table's own value size, whatever its layout.
+	vals := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(int(frags.ValueSize()), reflect.TypeFor[byte]())), n, n).Interface()
 	for i := range keys {
 		binary.LittleEndian.PutUint32(keys[i][32:], uint32(first+i)) // the IP ID
 		keys[i][0] = 10                                              // an IPv4 source
