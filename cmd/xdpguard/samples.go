@@ -26,7 +26,12 @@ import (
 
 func init() {
 	commands = append(commands, samplingCmd, captureCmd, topCmd)
-	commandOrder = append(commandOrder, "sampling", "capture", "top")
+	// Listed after the config commands, before the agent.
+	at := slices.Index(commandOrder, "agent")
+	if at < 0 {
+		at = len(commandOrder)
+	}
+	commandOrder = slices.Insert(commandOrder, at, "top", "capture", "sampling")
 }
 
 const oneReaderNote = `The samples come from one ring buffer, which has one consumer: run one top
