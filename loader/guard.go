@@ -185,9 +185,15 @@ func (g *Guard) openMaps(create, writer bool) (m *Maps, created bool, err error)
 		s.XdpguardBlk6:   pinAllow6Blk,
 		s.XdpguardFrags4: pinFrags4,
 		s.XdpguardFrags6: pinFrags6,
+		s.XdpguardRing:   pinSamples,
+		s.XdpguardSrate:  pinSampleRate,
+		s.XdpguardTokens: pinSampleBudget,
 	}
-	// Made by this release, missing in older state.
-	added := map[string]bool{pinAllow4Blk: true, pinAllow6Blk: true, pinFrags4: true, pinFrags6: true}
+	// Made by later releases, missing in older state: made here (pinned by
+	// a writer, unpinned on a read-only open), as an upgrade, not as the
+	// making of the state.
+	added := map[string]bool{pinAllow4Blk: true, pinAllow6Blk: true, pinFrags4: true, pinFrags6: true,
+		pinSamples: true, pinSampleRate: true, pinSampleBudget: true}
 	open := func(spec *ebpf.MapSpec) (*ebpf.Map, error) {
 		path := filepath.Join(g.pinPath, paths[spec])
 		mp, err := ebpf.LoadPinnedMap(path, nil)
@@ -232,6 +238,11 @@ func (g *Guard) openMaps(create, writer bool) (m *Maps, created bool, err error)
 		m.Close()
 		return nil, created, err
 	}
+	if missing[pinSampleRate] {
+		if err := m.SetSampleRate(DefaultSampleRate); err != nil {
+			return fail(err)
+		}
+	}
 	// Initialise the config before pinning it: an attached program must
 	// never read an all-zero port bitmap.
 	if missing[pinConfig] {
@@ -261,6 +272,7 @@ func (g *Guard) openMaps(create, writer bool) (m *Maps, created bool, err error)
 		pinConfig: m.Config, pinAllow4: m.Allow4, pinAllow6: m.Allow6,
 		pinAllow4Blk: m.Allow4Blocks, pinAllow6Blk: m.Allow6Blocks,
 		pinFrags4: m.Frags4, pinFrags6: m.Frags6,
+		pinSamples: m.Samples, pinSampleRate: m.SampleRateMap, pinSampleBudget: m.SampleBudget,
 	}
 	for name := range missing {
 		if err := byName[name].Pin(filepath.Join(g.pinPath, name)); err != nil {
@@ -422,7 +434,8 @@ func (g *Guard) RemoveIfUnused() (bool, error) {
 
 func (g *Guard) removeShared() error {
 	var errs []error
-	for _, name := range []string{pinConfig, pinAllow4, pinAllow6, pinAllow4Blk, pinAllow6Blk, pinFrags4, pinFrags6, pinFragsOld, pinMeta} {
+	for _, name := range []string{pinConfig, pinAllow4, pinAllow6, pinAllow4Blk, pinAllow6Blk, pinFrags4, pinFrags6, pinFragsOld, pinMeta,
+		pinSamples, pinSampleRate, pinSampleBudget, sampleReaderDir} {
 		if err := os.Remove(filepath.Join(g.pinPath, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}

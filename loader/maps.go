@@ -19,6 +19,11 @@ type Maps struct {
 	Allow6Blocks *ebpf.Map
 	Frags4       *ebpf.Map // LRU of IPv4 first-fragment verdicts
 	Frags6       *ebpf.Map // LRU of IPv6 first-fragment verdicts
+	// Sampling (bpf/sample.h): the ring buffer of drop samples, the
+	// budget in samples per second per CPU, and each CPU's token bucket.
+	Samples       *ebpf.Map
+	SampleRateMap *ebpf.Map
+	SampleBudget  *ebpf.Map
 }
 
 // MapSizes overrides map sizes at creation; zero keeps the compiled default.
@@ -53,6 +58,10 @@ func NewMaps(sizes MapSizes) (*Maps, error) {
 	applySizes(s, sizes)
 	m, err := createMaps(s, nil)
 	if err != nil {
+		return nil, err
+	}
+	if err := m.SetSampleRate(DefaultSampleRate); err != nil {
+		m.Close()
 		return nil, err
 	}
 	if err := m.WriteConfig(DefaultConfig()); err != nil {
@@ -95,6 +104,9 @@ func createMaps(s *xdpguardSpecs, open func(*ebpf.MapSpec) (*ebpf.Map, error)) (
 		{&m.Allow6Blocks, s.XdpguardBlk6},
 		{&m.Frags4, s.XdpguardFrags4},
 		{&m.Frags6, s.XdpguardFrags6},
+		{&m.Samples, s.XdpguardRing},
+		{&m.SampleRateMap, s.XdpguardSrate},
+		{&m.SampleBudget, s.XdpguardTokens},
 	} {
 		if open != nil {
 			if *p.dst, err = open(p.spec); err != nil {
@@ -123,7 +135,7 @@ func (m *Maps) Close() error {
 }
 
 func (m *Maps) all() []*ebpf.Map {
-	return []*ebpf.Map{m.Config, m.Allow4, m.Allow6, m.Allow4Blocks, m.Allow6Blocks, m.Frags4, m.Frags6}
+	return []*ebpf.Map{m.Config, m.Allow4, m.Allow6, m.Allow4Blocks, m.Allow6Blocks, m.Frags4, m.Frags6, m.Samples, m.SampleRateMap, m.SampleBudget}
 }
 
 func (m *Maps) replacements() map[string]*ebpf.Map {
@@ -135,6 +147,9 @@ func (m *Maps) replacements() map[string]*ebpf.Map {
 		xdpguardMapXdpguardBlk6:   m.Allow6Blocks,
 		xdpguardMapXdpguardFrags4: m.Frags4,
 		xdpguardMapXdpguardFrags6: m.Frags6,
+		xdpguardMapXdpguardRing:   m.Samples,
+		xdpguardMapXdpguardSrate:  m.SampleRateMap,
+		xdpguardMapXdpguardTokens: m.SampleBudget,
 	}
 }
 

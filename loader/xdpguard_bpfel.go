@@ -94,6 +94,18 @@ const (
 	xdpguardReasonREASON_MAX                  xdpguardReason = 9
 )
 
+type xdpguardSampleBudget struct {
+	_      structs.HostLayout
+	LastNs uint64
+	Credit uint64
+}
+
+type xdpguardSampleCount struct {
+	_          structs.HostLayout
+	Sampled    uint64
+	Suppressed uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -105,7 +117,11 @@ const (
 	xdpguardMapXdpguardConfig = "xdpguard_config"
 	xdpguardMapXdpguardFrags4 = "xdpguard_frags4"
 	xdpguardMapXdpguardFrags6 = "xdpguard_frags6"
+	xdpguardMapXdpguardRing   = "xdpguard_ring"
+	xdpguardMapXdpguardSrate  = "xdpguard_srate"
+	xdpguardMapXdpguardSstats = "xdpguard_sstats"
 	xdpguardMapXdpguardStats  = "xdpguard_stats"
+	xdpguardMapXdpguardTokens = "xdpguard_tokens"
 	xdpguardProgXdpguardTc    = "xdpguard_tc"
 	xdpguardProgXdpguardTcL3  = "xdpguard_tc_l3"
 	xdpguardProgXdpguardXdp   = "xdpguard_xdp"
@@ -113,6 +129,7 @@ const (
 	xdpguardVarCoarseClock    = "coarse_clock"
 	xdpguardVarIp6fragTimeNs  = "ip6frag_time_ns"
 	xdpguardVarIpfragTimeNs   = "ipfrag_time_ns"
+	xdpguardVarSampleNetns    = "sample_netns"
 )
 
 // loadXdpguard returns the embedded CollectionSpec for xdpguard.
@@ -174,7 +191,11 @@ type xdpguardMapSpecs struct {
 	XdpguardConfig *ebpf.MapSpec `ebpf:"xdpguard_config"`
 	XdpguardFrags4 *ebpf.MapSpec `ebpf:"xdpguard_frags4"`
 	XdpguardFrags6 *ebpf.MapSpec `ebpf:"xdpguard_frags6"`
+	XdpguardRing   *ebpf.MapSpec `ebpf:"xdpguard_ring"`
+	XdpguardSrate  *ebpf.MapSpec `ebpf:"xdpguard_srate"`
+	XdpguardSstats *ebpf.MapSpec `ebpf:"xdpguard_sstats"`
 	XdpguardStats  *ebpf.MapSpec `ebpf:"xdpguard_stats"`
+	XdpguardTokens *ebpf.MapSpec `ebpf:"xdpguard_tokens"`
 }
 
 // xdpguardVariableSpecs contains global variables before they are loaded into the kernel.
@@ -184,6 +205,7 @@ type xdpguardVariableSpecs struct {
 	CoarseClock   *ebpf.VariableSpec `ebpf:"coarse_clock"`
 	Ip6fragTimeNs *ebpf.VariableSpec `ebpf:"ip6frag_time_ns"`
 	IpfragTimeNs  *ebpf.VariableSpec `ebpf:"ipfrag_time_ns"`
+	SampleNetns   *ebpf.VariableSpec `ebpf:"sample_netns"`
 }
 
 // xdpguardObjects contains all objects after they have been loaded into the kernel.
@@ -213,7 +235,11 @@ type xdpguardMaps struct {
 	XdpguardConfig *ebpf.Map `ebpf:"xdpguard_config"`
 	XdpguardFrags4 *ebpf.Map `ebpf:"xdpguard_frags4"`
 	XdpguardFrags6 *ebpf.Map `ebpf:"xdpguard_frags6"`
+	XdpguardRing   *ebpf.Map `ebpf:"xdpguard_ring"`
+	XdpguardSrate  *ebpf.Map `ebpf:"xdpguard_srate"`
+	XdpguardSstats *ebpf.Map `ebpf:"xdpguard_sstats"`
 	XdpguardStats  *ebpf.Map `ebpf:"xdpguard_stats"`
+	XdpguardTokens *ebpf.Map `ebpf:"xdpguard_tokens"`
 }
 
 func (m *xdpguardMaps) Close() error {
@@ -225,7 +251,11 @@ func (m *xdpguardMaps) Close() error {
 		m.XdpguardConfig,
 		m.XdpguardFrags4,
 		m.XdpguardFrags6,
+		m.XdpguardRing,
+		m.XdpguardSrate,
+		m.XdpguardSstats,
 		m.XdpguardStats,
+		m.XdpguardTokens,
 	)
 }
 
@@ -236,6 +266,7 @@ type xdpguardVariables struct {
 	CoarseClock   *ebpf.Variable `ebpf:"coarse_clock"`
 	Ip6fragTimeNs *ebpf.Variable `ebpf:"ip6frag_time_ns"`
 	IpfragTimeNs  *ebpf.Variable `ebpf:"ipfrag_time_ns"`
+	SampleNetns   *ebpf.Variable `ebpf:"sample_netns"`
 }
 
 // xdpguardPrograms contains all programs after they have been loaded into the kernel.

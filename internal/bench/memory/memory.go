@@ -45,7 +45,9 @@ func Defaults() ([]Map, error) {
 		m     *ebpf.Map
 		scope string
 	}{{m.Config, "host"}, {m.Allow4, "host"}, {m.Allow6, "host"}, {m.Allow4Blocks, "host"}, {m.Allow6Blocks, "host"},
-		{m.Frags4, "host"}, {m.Frags6, "host"}, {dp.Stats, "interface"}} {
+		{m.Frags4, "host"}, {m.Frags6, "host"},
+		{m.Samples, "host"}, {m.SampleRateMap, "host"}, {m.SampleBudget, "host"},
+		{dp.Stats, "interface"}, {dp.SampleStats, "interface"}} {
 		info, err := x.m.Info()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("map info: %w", err))
