@@ -399,7 +399,7 @@ func (r *applyRun) reattach(l netlink.Link, dir string, opts AttachOptions) erro
 	}
 
 	// A fresh instance that keeps this interface's counters.
-	dp, err := loadDataplaneKeeping(r.g.Maps, cur.stats, cur.samples)
+	dp, err := loadForLink(r.g.Maps, kind, cur.stats, cur.samples)
 	if err != nil {
 		return err
 	}
@@ -582,7 +582,7 @@ func (r *applyRun) removeEgress(e entry, spec InterfaceSpec) error {
 		kind, err := entryPoints(l)
 		var dp *Dataplane
 		if err == nil {
-			dp, err = loadDataplaneKeeping(r.g.Maps, a.stats, a.samples)
+			dp, err = loadForLink(r.g.Maps, kind, a.stats, a.samples)
 		}
 		if err == nil {
 			_, tcProg := dp.Programs(kind)

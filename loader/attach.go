@@ -188,7 +188,7 @@ func (g *Guard) attachNew(t *txn, l netlink.Link, dir string, opts AttachOptions
 	}
 	t.onFail(func() { os.RemoveAll(dir) })
 
-	dp, err := LoadDataplane(g.Maps, nil)
+	dp, err := loadForLink(g.Maps, kind, nil, nil)
 	if err != nil {
 		return res, err
 	}

@@ -96,17 +96,26 @@ func LoadDataplaneWith(m *Maps, stats *ebpf.Map, timeouts FragTimeouts) (*Datapl
 	return loadDataplane(m, stats, nil, timeouts)
 }
 
-// loadDataplaneKeeping is LoadDataplane keeping an interface's sample
-// counters too, when sampleStats is not nil.
-func loadDataplaneKeeping(m *Maps, stats, sampleStats *ebpf.Map) (*Dataplane, error) {
+// loadForLink loads only the two programs that parse frames of kind k, for
+// an attach or an upgrade: the verifier's time is most of what attaching an
+// interface costs, and the other pair would be verified for nothing. The
+// other pair's fields stay nil. stats and sampleStats, when not nil, are an
+// interface's counters to keep.
+func loadForLink(m *Maps, k linkKind, stats, sampleStats *ebpf.Map) (*Dataplane, error) {
 	timeouts, err := ReadFragTimeouts()
 	if err != nil {
 		return nil, err
 	}
-	return loadDataplane(m, stats, sampleStats, timeouts)
+	return loadDataplaneOf(m, &k, stats, sampleStats, timeouts)
 }
 
 func loadDataplane(m *Maps, stats, sampleStats *ebpf.Map, timeouts FragTimeouts) (*Dataplane, error) {
+	return loadDataplaneOf(m, nil, stats, sampleStats, timeouts)
+}
+
+// loadDataplaneOf loads the programs for frames of kind *only, or all four
+// when only is nil.
+func loadDataplaneOf(m *Maps, only *linkKind, stats, sampleStats *ebpf.Map, timeouts FragTimeouts) (*Dataplane, error) {
 	spec, _, err := specs()
 	if err != nil {
 		return nil, err
@@ -138,9 +147,34 @@ func loadDataplane(m *Maps, stats, sampleStats *ebpf.Map, timeouts FragTimeouts)
 	if sampleStats != nil {
 		repl[xdpguardMapXdpguardSstats] = sampleStats
 	}
+	opts := &ebpf.CollectionOptions{MapReplacements: repl}
+	if only != nil {
+		// LoadAndAssign loads only what the struct names.
+		var objs struct {
+			XDP         *ebpf.Program `ebpf:"xdpguard_xdp"`
+			TC          *ebpf.Program `ebpf:"xdpguard_tc"`
+			Stats       *ebpf.Map     `ebpf:"xdpguard_stats"`
+			SampleStats *ebpf.Map     `ebpf:"xdpguard_sstats"`
+		}
+		var objsL3 struct {
+			XDP         *ebpf.Program `ebpf:"xdpguard_xdp_l3"`
+			TC          *ebpf.Program `ebpf:"xdpguard_tc_l3"`
+			Stats       *ebpf.Map     `ebpf:"xdpguard_stats"`
+			SampleStats *ebpf.Map     `ebpf:"xdpguard_sstats"`
+		}
+		if *only == linkL3 {
+			if err := spec.LoadAndAssign(&objsL3, opts); err != nil {
+				return nil, verifierError(err)
+			}
+			return &Dataplane{XDPL3: objsL3.XDP, TCL3: objsL3.TC, Stats: objsL3.Stats, SampleStats: objsL3.SampleStats}, nil
+		}
+		if err := spec.LoadAndAssign(&objs, opts); err != nil {
+			return nil, verifierError(err)
+		}
+		return &Dataplane{XDP: objs.XDP, TC: objs.TC, Stats: objs.Stats, SampleStats: objs.SampleStats}, nil
+	}
 	var objs xdpguardObjects
-	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: repl})
-	if err != nil {
+	if err := spec.LoadAndAssign(&objs, opts); err != nil {
 		return nil, verifierError(err)
 	}
 	return &Dataplane{
