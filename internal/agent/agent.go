@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/xdpguard/xdpguard/internal/agent/config"
@@ -57,6 +58,8 @@ type Options struct {
 	// (0: a default big enough for thousands of links at once). An
 	// overrun is survived (resubscribe, resync) but costs a full pass.
 	NetlinkBuffer int
+	// Samples, if set, names the top sources in attack events.
+	Samples SampleSource
 }
 
 // Timing of reconciles.
@@ -100,6 +103,10 @@ type Agent struct {
 	retry                        time.Duration
 	configErr                    string // the last config load's error, logged once
 	lastApplyErr                 string // the last whole Apply's error, logged once
+
+	// attackCfg is the attack thresholds in force, for the attack
+	// monitor's goroutine.
+	attackCfg atomic.Pointer[config.Attacks]
 
 	mu     sync.Mutex
 	status Status
@@ -153,6 +160,7 @@ func New(opts Options) (*Agent, error) {
 		a.obs = nopObserver{}
 	}
 	a.status.ConfigPath = cfg.Path
+	a.attackCfg.Store(&cfg.Attacks)
 	return a, nil
 }
 
@@ -247,6 +255,9 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	if err := a.reconcile(true, "agent start"); errors.Is(err, errFatal) {
 		return err
 	}
+	attacksDone := make(chan struct{})
+	go func() { defer close(attacksDone); a.runAttacks(linkCtx, a.cfg.PinPath) }()
+	defer func() { stopLinks(); <-attacksDone }()
 	a.notify(sdnotify.Ready + "\n" + a.statusLine())
 
 	var resync <-chan time.Time
@@ -371,6 +382,7 @@ func (a *Agent) reloadConfig(why string, force bool) bool {
 		a.log.Info("config changed", "file", cfg.Path, "why", why)
 	}
 	a.cfg = cfg
+	a.attackCfg.Store(&cfg.Attacks)
 	a.watchFiles()
 	a.reconcile(true, "config "+reloadWord(force)+": "+why)
 	return true
