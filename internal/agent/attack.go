@@ -45,8 +45,9 @@ func (k AttackEventKind) String() string {
 type AttackEvent struct {
 	Kind      AttackEventKind
 	Interface string
-	// Start is when the rate first reached the threshold: the start of
-	// the first counter interval at or above it.
+	// Start is when the attack began: the start of the first counter
+	// interval at or above the threshold, or of the interval before it
+	// when that one had drops (a flood's first partial second).
 	Start time.Time
 	// Duration is from Start to the last moment the rate was at or above
 	// the threshold (to now for started and ongoing).
@@ -89,6 +90,11 @@ type attackDetector struct {
 	// intervals at or above the threshold; active an announced attack.
 	above      bool
 	aboveSince time.Time
+	// lead is the last interval below the threshold (outside an
+	// attack); from is when the attack being considered began: the
+	// lead's start when it had drops, else aboveSince.
+	lead       interval
+	from       time.Time
 	active     bool
 	start      time.Time
 	belowSince time.Time // start of the run of quiet intervals, if below
@@ -97,6 +103,12 @@ type attackDetector struct {
 	peak       float64
 	packets    uint64
 	bytes      uint64
+}
+
+// interval is the drops of one counter interval starting at from.
+type interval struct {
+	from           time.Time
+	packets, bytes uint64
 }
 
 func newAttackDetector(iface string, cfg config.Attacks) *attackDetector {
@@ -128,6 +140,7 @@ func (d *attackDetector) observe(now time.Time, counters map[string]loader.Count
 	for _, r := range dropReasons {
 		c, p := cur[r], prev[r]
 		if c.Packets < p.Packets || c.Bytes < p.Bytes {
+			d.lead = interval{}
 			return nil // counters reset: this interval is unknown
 		}
 		if dp := c.Packets - p.Packets; dp > 0 {
@@ -142,10 +155,20 @@ func (d *attackDetector) observe(now time.Time, counters map[string]loader.Count
 	if !d.active {
 		if !atOrAbove {
 			d.above, d.packets, d.bytes, d.peak = false, 0, 0, 0
+			d.lead = interval{from: prevAt, packets: pkts, bytes: bytes}
 			return nil
 		}
 		if !d.above {
-			d.above, d.aboveSince = true, prevAt
+			// A flood rarely starts on a second's boundary: the
+			// interval before the first one at or above the
+			// threshold holds its first packets. It belongs to the
+			// attack when it had drops.
+			d.above, d.aboveSince, d.from = true, prevAt, prevAt
+			if d.lead.packets > 0 && d.lead.from.Before(prevAt) {
+				d.from = d.lead.from
+				d.packets, d.bytes = d.lead.packets, d.lead.bytes
+			}
+			d.lead = interval{}
 		}
 		d.packets += pkts
 		d.bytes += bytes
@@ -153,7 +176,7 @@ func (d *attackDetector) observe(now time.Time, counters map[string]loader.Count
 		if now.Sub(d.aboveSince) < d.cfg.MinDuration {
 			return nil
 		}
-		d.active, d.start, d.below, d.lastEvent = true, d.aboveSince, false, now
+		d.active, d.start, d.below, d.lastEvent = true, d.from, false, now
 		return d.event(AttackStarted, now, rate, reasons)
 	}
 

@@ -79,22 +79,23 @@ func TestAttackDetectorOneFlood(t *testing.T) {
 		t.Fatalf("events %s\nwant   %s", got, want)
 	}
 	start, end := evs[0].ev, evs[len(evs)-1].ev
-	if !start.Start.Equal(t0.Add(2*time.Second)) || start.Packets != 10000 || start.Bytes != 1_000_000 || start.RatePPS != 5000 ||
+	// The attack starts with the interval before its first one above the
+	// threshold (1..2, 20 drops: the flood's first partial second).
+	if !start.Start.Equal(t0.Add(1*time.Second)) || start.Packets != 10020 || start.Bytes != 1_002_000 || start.RatePPS != 5000 ||
 		start.Reasons["drop_request"] != 5000 || len(start.Reasons) != 1 {
 		t.Errorf("started: %+v", start)
 	}
-	// Packets from second 2 (the flood's first interval) through second
-	// 16: 5000+5000+6000+5000+200+300+5000+7000+5000+10+0+0+0+50.
+	// Packets from second 1 (the lead-in interval) through second 16.
 	var wantPkts uint64
-	for _, r := range rates[2:16] {
+	for _, r := range rates[1:16] {
 		wantPkts += r
 	}
 	if end.Packets != wantPkts || end.Bytes != wantPkts*100 || end.PeakPPS != 7000 {
 		t.Errorf("ended: packets %d bytes %d peak %v, want %d, %d, 7000", end.Packets, end.Bytes, end.PeakPPS, wantPkts, wantPkts*100)
 	}
-	// Lasting from 2 to 11, the start of the quiet interval.
-	if !end.Start.Equal(t0.Add(2*time.Second)) || end.Duration != 9*time.Second {
-		t.Errorf("ended: start %v duration %v, want %v and 9s", end.Start, end.Duration, t0.Add(2*time.Second))
+	// Lasting from 1 to 11, the start of the quiet interval.
+	if !end.Start.Equal(t0.Add(1*time.Second)) || end.Duration != 10*time.Second {
+		t.Errorf("ended: start %v duration %v, want %v and 10s", end.Start, end.Duration, t0.Add(1*time.Second))
 	}
 	// A second flood after the end is a second attack, counted afresh.
 	more := feed(t, d, t0.Add(100*time.Second), []uint64{3000, 3000, 3000, 0, 0, 0, 0, 0, 0})
@@ -145,9 +146,10 @@ func TestAttackDetectorIrregularClock(t *testing.T) {
 	if ev := d.observe(t0.Add(2*time.Second), c(1500)); ev != nil {
 		t.Fatalf("750 pps made %v", ev.Kind)
 	}
-	// 600 packets in 0.5 s: 1200 pps, would_drop counts.
+	// 600 packets in 0.5 s: 1200 pps, would_drop counts; the 2 s before
+	// had drops and lead the attack in.
 	ev := d.observe(t0.Add(2500*time.Millisecond), c(2100))
-	if ev == nil || ev.Kind != AttackStarted || ev.RatePPS != 1200 || ev.Packets != 600 {
+	if ev == nil || ev.Kind != AttackStarted || ev.RatePPS != 1200 || ev.Packets != 2100 || !ev.Start.Equal(t0) {
 		t.Fatalf("1200 pps of would_drop: %+v", ev)
 	}
 	// The same time twice: no interval, no event, no division by zero.
@@ -163,7 +165,9 @@ func TestAttackDetectorCounterReset(t *testing.T) {
 	cfg := testAttackCfg
 	cfg.MinDuration, cfg.QuietPeriod = 0, 2*time.Second
 	d := newAttackDetector("eth0", cfg)
-	c := func(n uint64) map[string]loader.Counter { return map[string]loader.Counter{"drop_response": {Packets: n, Bytes: n}} }
+	c := func(n uint64) map[string]loader.Counter {
+		return map[string]loader.Counter{"drop_response": {Packets: n, Bytes: n}}
+	}
 	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
 	d.observe(at(0), c(1_000_000))
 	if ev := d.observe(at(1), c(1_005_000)); ev == nil || ev.Kind != AttackStarted {

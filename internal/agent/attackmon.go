@@ -93,6 +93,8 @@ func (m *attackMonitor) step(now time.Time, stats []loader.InterfaceStats) {
 		if d == nil {
 			d = newAttackDetector(names[idx], m.cfg)
 			m.dets[idx] = d
+			// Drops before this first read are no attack's.
+			m.log.Debug("attack monitor: watching interface", "interface", names[idx], "ifindex", idx)
 		}
 		d.iface = names[idx]
 		m.emit(d.observe(now, counters))
