@@ -342,6 +342,8 @@ static __always_inline void count(enum hook hook, enum reason r, __u64 bytes)
 	}
 }
 
+#include "sample.h"
+
 static __always_inline int run_xdp(struct xdp_md *ctx, enum frame_start start)
 {
 	void *data = (void *)(long)ctx->data;
@@ -349,6 +351,8 @@ static __always_inline int run_xdp(struct xdp_md *ctx, enum frame_start start)
 	enum reason r = classify(data, data_end, HOOK_XDP_INGRESS, start);
 
 	count(HOOK_XDP_INGRESS, r, data_end - data);
+	if (is_drop(r) || r == REASON_WOULD_DROP)
+		sample_xdp(ctx, r, start, data_end - data);
 	/* Dropped here, the datagram never costs an skb, a socket lookup or a
 	 * reassembly slot. */
 	return is_drop(r) ? XDP_DROP : XDP_PASS;
@@ -390,6 +394,8 @@ static __always_inline int run_tc(struct __sk_buff *skb, enum frame_start start)
 
 	r = classify(data, data_end, HOOK_TC_EGRESS, start);
 	count(HOOK_TC_EGRESS, r, skb->len);
+	if (is_drop(r) || r == REASON_WOULD_DROP)
+		sample_tc(skb, r, start);
 	/* An amplified answer stopped here never reaches the wire. */
 	return is_drop(r) ? TC_ACT_SHOT : TC_ACT_UNSPEC;
 }

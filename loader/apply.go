@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -381,11 +382,20 @@ func (r *applyRun) reattach(l netlink.Link, dir string, opts AttachOptions) erro
 	}
 
 	// A fresh instance that keeps this interface's counters.
-	dp, err := LoadDataplane(r.g.Maps, cur.stats)
+	dp, err := loadDataplaneKeeping(r.g.Maps, cur.stats, cur.samples)
 	if err != nil {
 		return err
 	}
 	r.t.closeAtEnd(dp)
+	if cur.samples == nil {
+		// Attached by a release before sampling: its sample counters
+		// start here, pinned next to its counters.
+		path := filepath.Join(dir, pinSampleStats)
+		if err := dp.SampleStats.Pin(path); err != nil {
+			return fmt.Errorf("pin sample counters: %w", err)
+		}
+		r.t.onFail(func() { os.Remove(path) })
+	}
 	xdpProg, tcProg := dp.Programs(kind)
 	upgrade := opts.Reload
 	if !current && !upgrade {
@@ -552,7 +562,7 @@ func (r *applyRun) removeEgress(e entry, spec InterfaceSpec) error {
 		kind, err := entryPoints(l)
 		var dp *Dataplane
 		if err == nil {
-			dp, err = LoadDataplane(r.g.Maps, a.stats)
+			dp, err = loadDataplaneKeeping(r.g.Maps, a.stats, a.samples)
 		}
 		if err == nil {
 			_, tcProg := dp.Programs(kind)

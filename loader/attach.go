@@ -197,6 +197,9 @@ func (g *Guard) attachNew(t *txn, l netlink.Link, dir string, opts AttachOptions
 	if err := dp.Stats.Pin(filepath.Join(dir, pinStats)); err != nil {
 		return res, fmt.Errorf("pin counters: %w", err)
 	}
+	if err := dp.SampleStats.Pin(filepath.Join(dir, pinSampleStats)); err != nil {
+		return res, fmt.Errorf("pin sample counters: %w", err)
+	}
 	if err := t.fail("stats"); err != nil {
 		return res, err
 	}

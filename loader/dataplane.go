@@ -23,6 +23,9 @@ type Dataplane struct {
 	XDPL3 *ebpf.Program
 	TCL3  *ebpf.Program
 	Stats *ebpf.Map // per-CPU counters: slot = hook*ReasonCount + reason
+	// SampleStats counts drops sampled and suppressed, per CPU, in the
+	// slots of Stats.
+	SampleStats *ebpf.Map
 }
 
 // FragTimeouts are how long a first fragment's verdict lasts, per family:
@@ -87,25 +90,47 @@ func LoadDataplane(m *Maps, stats *ebpf.Map) (*Dataplane, error) {
 
 // LoadDataplaneWith is LoadDataplane with the fragment timeouts given.
 func LoadDataplaneWith(m *Maps, stats *ebpf.Map, timeouts FragTimeouts) (*Dataplane, error) {
+	return loadDataplane(m, stats, nil, timeouts)
+}
+
+// loadDataplaneKeeping is LoadDataplane keeping an interface's sample
+// counters too, when sampleStats is not nil.
+func loadDataplaneKeeping(m *Maps, stats, sampleStats *ebpf.Map) (*Dataplane, error) {
+	timeouts, err := ReadFragTimeouts()
+	if err != nil {
+		return nil, err
+	}
+	return loadDataplane(m, stats, sampleStats, timeouts)
+}
+
+func loadDataplane(m *Maps, stats, sampleStats *ebpf.Map, timeouts FragTimeouts) (*Dataplane, error) {
 	spec, _, err := specs()
 	if err != nil {
 		return nil, err
 	}
-	for name, d := range map[string]time.Duration{
-		xdpguardVarIpfragTimeNs:  timeouts.IPv4,
-		xdpguardVarIp6fragTimeNs: timeouts.IPv6,
+	netns, err := CurrentNetns()
+	if err != nil {
+		return nil, err
+	}
+	for name, v := range map[string]uint64{
+		xdpguardVarIpfragTimeNs:  uint64(timeouts.IPv4.Nanoseconds()),
+		xdpguardVarIp6fragTimeNs: uint64(timeouts.IPv6.Nanoseconds()),
+		xdpguardVarSampleNetns:   netns,
 	} {
-		v, ok := spec.Variables[name]
+		vs, ok := spec.Variables[name]
 		if !ok {
 			return nil, fmt.Errorf("BPF object has no variable %s", name)
 		}
-		if err := v.Set(uint64(d.Nanoseconds())); err != nil {
+		if err := vs.Set(v); err != nil {
 			return nil, fmt.Errorf("set %s: %w", name, err)
 		}
 	}
 	repl := m.replacements()
 	if stats != nil {
 		repl[xdpguardMapXdpguardStats] = stats
+	}
+	if sampleStats != nil {
+		repl[xdpguardMapXdpguardSampleStats] = sampleStats
 	}
 	var objs xdpguardObjects
 	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: repl})
@@ -115,7 +140,7 @@ func LoadDataplaneWith(m *Maps, stats *ebpf.Map, timeouts FragTimeouts) (*Datapl
 	return &Dataplane{
 		XDP: objs.XdpguardXdp, TC: objs.XdpguardTc,
 		XDPL3: objs.XdpguardXdpL3, TCL3: objs.XdpguardTcL3,
-		Stats: objs.XdpguardStats,
+		Stats: objs.XdpguardStats, SampleStats: objs.XdpguardSampleStats,
 	}, nil
 }
 
@@ -139,7 +164,7 @@ func (d *Dataplane) Programs(k linkKind) (xdp, tc *ebpf.Program) {
 
 // Close releases the programs and the counters map's descriptor.
 func (d *Dataplane) Close() error {
-	return errors.Join(d.XDP.Close(), d.TC.Close(), d.XDPL3.Close(), d.TCL3.Close(), d.Stats.Close())
+	return errors.Join(d.XDP.Close(), d.TC.Close(), d.XDPL3.Close(), d.TCL3.Close(), d.Stats.Close(), d.SampleStats.Close())
 }
 
 // Counter is a packet and byte count.

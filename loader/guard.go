@@ -164,12 +164,20 @@ func (g *Guard) openMaps(create bool) (m *Maps, created bool, err error) {
 		s.XdpguardAllow4: pinAllow4,
 		s.XdpguardAllow6: pinAllow6,
 		s.XdpguardFrags:  pinFrags,
+
+		s.XdpguardSamples:      pinSamples,
+		s.XdpguardSampleRate:   pinSampleRate,
+		s.XdpguardSampleBudget: pinSampleBudget,
 	}
+	// State attached by a release before sampling lacks these: they are
+	// made here, also on a read-only open (unpinned then), and their
+	// making is an upgrade, not the making of the state.
+	sampling := map[string]bool{pinSamples: true, pinSampleRate: true, pinSampleBudget: true}
 	open := func(spec *ebpf.MapSpec) (*ebpf.Map, error) {
 		path := filepath.Join(g.pinPath, paths[spec])
 		mp, err := ebpf.LoadPinnedMap(path, nil)
 		if errors.Is(err, os.ErrNotExist) {
-			if !create {
+			if !create && !sampling[paths[spec]] {
 				return nil, fmt.Errorf("%s: %w", path, ErrNotSetUp)
 			}
 			return nil, nil
@@ -204,6 +212,16 @@ func (g *Guard) openMaps(create bool) (m *Maps, created bool, err error) {
 	if len(missing) == 0 {
 		return m, false, nil
 	}
+	if missing[pinSampleRate] {
+		if err := m.SetSampleRate(DefaultSampleRate); err != nil {
+			m.Close()
+			return nil, true, err
+		}
+	}
+	if !create { // only sampling maps can be missing here: leave them unpinned
+		return m, false, nil
+	}
+	created = missing[pinConfig]
 	// Initialise the config before pinning it: an attached program must
 	// never read an all-zero port bitmap.
 	if missing[pinConfig] {
@@ -212,14 +230,15 @@ func (g *Guard) openMaps(create bool) (m *Maps, created bool, err error) {
 			return nil, true, err
 		}
 	}
-	byName := map[string]*ebpf.Map{pinConfig: m.Config, pinAllow4: m.Allow4, pinAllow6: m.Allow6, pinFrags: m.Frags}
+	byName := map[string]*ebpf.Map{pinConfig: m.Config, pinAllow4: m.Allow4, pinAllow6: m.Allow6, pinFrags: m.Frags,
+		pinSamples: m.Samples, pinSampleRate: m.SampleRateMap, pinSampleBudget: m.SampleBudget}
 	for name := range missing {
 		if err := byName[name].Pin(filepath.Join(g.pinPath, name)); err != nil {
 			m.Close()
-			return nil, true, fmt.Errorf("pin map %s: %w", name, err)
+			return nil, created, fmt.Errorf("pin map %s: %w", name, err)
 		}
 	}
-	return m, true, nil
+	return m, created, nil
 }
 
 // Close releases the lock and descriptors; pinned state lives on.
@@ -371,7 +390,8 @@ func (g *Guard) RemoveIfUnused() (bool, error) {
 
 func (g *Guard) removeShared() error {
 	var errs []error
-	for _, name := range []string{pinConfig, pinAllow4, pinAllow6, pinFrags, pinMeta} {
+	for _, name := range []string{pinConfig, pinAllow4, pinAllow6, pinFrags, pinMeta,
+		pinSamples, pinSampleRate, pinSampleBudget, sampleReaderDir} {
 		if err := os.Remove(filepath.Join(g.pinPath, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}

@@ -14,6 +14,11 @@ type Maps struct {
 	Allow4 *ebpf.Map // LPM trie of trusted IPv4 peers
 	Allow6 *ebpf.Map // LPM trie of trusted IPv6 peers
 	Frags  *ebpf.Map // LRU of first-fragment verdicts
+	// Sampling (bpf/sample.h): the ring buffer of drop samples, the
+	// budget in samples per second per CPU, and each CPU's token bucket.
+	Samples       *ebpf.Map
+	SampleRateMap *ebpf.Map
+	SampleBudget  *ebpf.Map
 }
 
 // MapSizes overrides map sizes at creation; zero keeps the compiled default.
@@ -48,6 +53,10 @@ func NewMaps(sizes MapSizes) (*Maps, error) {
 	applySizes(s, sizes)
 	m, err := createMaps(s, nil)
 	if err != nil {
+		return nil, err
+	}
+	if err := m.SetSampleRate(DefaultSampleRate); err != nil {
+		m.Close()
 		return nil, err
 	}
 	if err := m.WriteConfig(DefaultConfig()); err != nil {
@@ -86,6 +95,9 @@ func createMaps(s *xdpguardSpecs, open func(*ebpf.MapSpec) (*ebpf.Map, error)) (
 		{&m.Allow4, s.XdpguardAllow4},
 		{&m.Allow6, s.XdpguardAllow6},
 		{&m.Frags, s.XdpguardFrags},
+		{&m.Samples, s.XdpguardSamples},
+		{&m.SampleRateMap, s.XdpguardSampleRate},
+		{&m.SampleBudget, s.XdpguardSampleBudget},
 	} {
 		if open != nil {
 			if *p.dst, err = open(p.spec); err != nil {
@@ -105,7 +117,7 @@ func createMaps(s *xdpguardSpecs, open func(*ebpf.MapSpec) (*ebpf.Map, error)) (
 // Close releases the file descriptors; pinned maps live on.
 func (m *Maps) Close() error {
 	var errs []error
-	for _, mp := range []*ebpf.Map{m.Config, m.Allow4, m.Allow6, m.Frags} {
+	for _, mp := range []*ebpf.Map{m.Config, m.Allow4, m.Allow6, m.Frags, m.Samples, m.SampleRateMap, m.SampleBudget} {
 		if mp != nil {
 			errs = append(errs, mp.Close())
 		}
@@ -119,6 +131,10 @@ func (m *Maps) replacements() map[string]*ebpf.Map {
 		xdpguardMapXdpguardAllow4: m.Allow4,
 		xdpguardMapXdpguardAllow6: m.Allow6,
 		xdpguardMapXdpguardFrags:  m.Frags,
+
+		xdpguardMapXdpguardSamples:      m.Samples,
+		xdpguardMapXdpguardSampleRate:   m.SampleRateMap,
+		xdpguardMapXdpguardSampleBudget: m.SampleBudget,
 	}
 }
 

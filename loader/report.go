@@ -148,6 +148,11 @@ type InterfaceStats struct {
 	Ifindex   int                `json:"ifindex"`
 	Hook      string             `json:"hook"`
 	Counters  map[string]Counter `json:"counters"`
+	// Samples are the drop counters' split into sampled and suppressed,
+	// for the reasons that drop (would_drop included); absent where the
+	// interface was attached by a release before sampling and not
+	// upgraded yet.
+	Samples map[string]SampleCounter `json:"samples,omitempty"`
 }
 
 // Stats reads the counters of the named interfaces (all when none) of the
@@ -189,6 +194,10 @@ func (g *Guard) Stats(names ...string) ([]InterfaceStats, error) {
 		}
 		egress := a.egress() != ""
 		st, err := ReadStats(a.stats)
+		var sst map[Hook]HookSampleCounters
+		if err == nil && a.samples != nil {
+			sst, err = ReadSampleStats(a.samples)
+		}
 		a.close()
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
@@ -200,6 +209,14 @@ func (g *Guard) Stats(names ...string) ([]InterfaceStats, error) {
 			is := InterfaceStats{Interface: name, Ifindex: e.ifindex, Hook: h.String(), Counters: map[string]Counter{}}
 			for r, c := range st[h] {
 				is.Counters[Reason(r).String()] = c
+			}
+			if sst != nil {
+				is.Samples = map[string]SampleCounter{}
+				for r, c := range sst[h] {
+					if Reason(r).Dropped() || Reason(r) == ReasonWouldDrop {
+						is.Samples[Reason(r).String()] = c
+					}
+				}
 			}
 			out = append(out, is)
 		}

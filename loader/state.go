@@ -19,6 +19,7 @@ type attachment struct {
 	dir     string
 	ifindex int
 	stats   *ebpf.Map
+	samples *ebpf.Map // sample counters; nil where attached by a release before sampling
 	xdp     link.Link
 	tc      link.Link // tcx; nil when legacy or no egress
 	legacy  bool      // egress is our cls_bpf filter
@@ -30,6 +31,11 @@ func loadAttachment(dir string, ifindex int) (*attachment, error) {
 	var err error
 	if a.stats, err = ebpf.LoadPinnedMap(filepath.Join(dir, pinStats), nil); err != nil {
 		return nil, fmt.Errorf("open counters: %w", err)
+	}
+	a.samples, err = ebpf.LoadPinnedMap(filepath.Join(dir, pinSampleStats), nil)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		a.close()
+		return nil, fmt.Errorf("open sample counters: %w", err)
 	}
 	if a.xdp, err = link.LoadPinnedLink(filepath.Join(dir, pinXDPLink), nil); err != nil {
 		a.close()
@@ -51,6 +57,9 @@ func loadAttachment(dir string, ifindex int) (*attachment, error) {
 func (a *attachment) close() {
 	if a.stats != nil {
 		a.stats.Close()
+	}
+	if a.samples != nil {
+		a.samples.Close()
 	}
 	if a.xdp != nil {
 		a.xdp.Close()

@@ -29,7 +29,17 @@ const ifindexLayoutObject = "testdata/v0/xdpguard_bpfel.o"
 // link's id.
 func attachV0(t *testing.T, ns *nstest.NS, pin, ifname string, egress bool, allow ...netip.Prefix) link.ID {
 	t.Helper()
-	spec, err := ebpf.LoadCollectionSpec(ifindexLayoutObject)
+	return attachObject(t, ifindexLayoutObject, func(_ uint64, ifindex int) string {
+		return filepath.Join(pin, oldIfacesDir, strconv.Itoa(ifindex))
+	}, ns, pin, ifname, egress, allow...)
+}
+
+// attachObject attaches as attachV0 does, with the object obj and the
+// interface's pins in dirOf(its namespace's inode, its ifindex).
+func attachObject(t *testing.T, obj string, dirOf func(netns uint64, ifindex int) string,
+	ns *nstest.NS, pin, ifname string, egress bool, allow ...netip.Prefix) link.ID {
+	t.Helper()
+	spec, err := ebpf.LoadCollectionSpec(obj)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +94,11 @@ func attachV0(t *testing.T, ns *nstest.NS, pin, ifname string, egress bool, allo
 			return err
 		}
 		defer coll.Close()
-		dir := filepath.Join(pin, oldIfacesDir, strconv.Itoa(l.Attrs().Index))
+		netns, err := CurrentNetns()
+		if err != nil {
+			return err
+		}
+		dir := dirOf(netns, l.Attrs().Index)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return err
 		}

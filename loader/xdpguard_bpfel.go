@@ -87,21 +87,38 @@ const (
 	xdpguardReasonREASON_MAX                  xdpguardReason = 9
 )
 
+type xdpguardSampleBudget struct {
+	_      structs.HostLayout
+	LastNs uint64
+	Credit uint64
+}
+
+type xdpguardSampleCount struct {
+	_          structs.HostLayout
+	Sampled    uint64
+	Suppressed uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	xdpguardMapXdpguardAllow4 = "xdpguard_allow4"
-	xdpguardMapXdpguardAllow6 = "xdpguard_allow6"
-	xdpguardMapXdpguardConfig = "xdpguard_config"
-	xdpguardMapXdpguardFrags  = "xdpguard_frags"
-	xdpguardMapXdpguardStats  = "xdpguard_stats"
-	xdpguardProgXdpguardTc    = "xdpguard_tc"
-	xdpguardProgXdpguardTcL3  = "xdpguard_tc_l3"
-	xdpguardProgXdpguardXdp   = "xdpguard_xdp"
-	xdpguardProgXdpguardXdpL3 = "xdpguard_xdp_l3"
-	xdpguardVarIp6fragTimeNs  = "ip6frag_time_ns"
-	xdpguardVarIpfragTimeNs   = "ipfrag_time_ns"
+	xdpguardMapXdpguardAllow4       = "xdpguard_allow4"
+	xdpguardMapXdpguardAllow6       = "xdpguard_allow6"
+	xdpguardMapXdpguardConfig       = "xdpguard_config"
+	xdpguardMapXdpguardFrags        = "xdpguard_frags"
+	xdpguardMapXdpguardSampleBudget = "xdpguard_sample_budget"
+	xdpguardMapXdpguardSampleRate   = "xdpguard_sample_rate"
+	xdpguardMapXdpguardSampleStats  = "xdpguard_sample_stats"
+	xdpguardMapXdpguardSamples      = "xdpguard_samples"
+	xdpguardMapXdpguardStats        = "xdpguard_stats"
+	xdpguardProgXdpguardTc          = "xdpguard_tc"
+	xdpguardProgXdpguardTcL3        = "xdpguard_tc_l3"
+	xdpguardProgXdpguardXdp         = "xdpguard_xdp"
+	xdpguardProgXdpguardXdpL3       = "xdpguard_xdp_l3"
+	xdpguardVarIp6fragTimeNs        = "ip6frag_time_ns"
+	xdpguardVarIpfragTimeNs         = "ipfrag_time_ns"
+	xdpguardVarSampleNetns          = "sample_netns"
 )
 
 // loadXdpguard returns the embedded CollectionSpec for xdpguard.
@@ -156,11 +173,15 @@ type xdpguardProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpguardMapSpecs struct {
-	XdpguardAllow4 *ebpf.MapSpec `ebpf:"xdpguard_allow4"`
-	XdpguardAllow6 *ebpf.MapSpec `ebpf:"xdpguard_allow6"`
-	XdpguardConfig *ebpf.MapSpec `ebpf:"xdpguard_config"`
-	XdpguardFrags  *ebpf.MapSpec `ebpf:"xdpguard_frags"`
-	XdpguardStats  *ebpf.MapSpec `ebpf:"xdpguard_stats"`
+	XdpguardAllow4       *ebpf.MapSpec `ebpf:"xdpguard_allow4"`
+	XdpguardAllow6       *ebpf.MapSpec `ebpf:"xdpguard_allow6"`
+	XdpguardConfig       *ebpf.MapSpec `ebpf:"xdpguard_config"`
+	XdpguardFrags        *ebpf.MapSpec `ebpf:"xdpguard_frags"`
+	XdpguardSampleBudget *ebpf.MapSpec `ebpf:"xdpguard_sample_budget"`
+	XdpguardSampleRate   *ebpf.MapSpec `ebpf:"xdpguard_sample_rate"`
+	XdpguardSampleStats  *ebpf.MapSpec `ebpf:"xdpguard_sample_stats"`
+	XdpguardSamples      *ebpf.MapSpec `ebpf:"xdpguard_samples"`
+	XdpguardStats        *ebpf.MapSpec `ebpf:"xdpguard_stats"`
 }
 
 // xdpguardVariableSpecs contains global variables before they are loaded into the kernel.
@@ -169,6 +190,7 @@ type xdpguardMapSpecs struct {
 type xdpguardVariableSpecs struct {
 	Ip6fragTimeNs *ebpf.VariableSpec `ebpf:"ip6frag_time_ns"`
 	IpfragTimeNs  *ebpf.VariableSpec `ebpf:"ipfrag_time_ns"`
+	SampleNetns   *ebpf.VariableSpec `ebpf:"sample_netns"`
 }
 
 // xdpguardObjects contains all objects after they have been loaded into the kernel.
@@ -191,11 +213,15 @@ func (o *xdpguardObjects) Close() error {
 //
 // It can be passed to loadXdpguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpguardMaps struct {
-	XdpguardAllow4 *ebpf.Map `ebpf:"xdpguard_allow4"`
-	XdpguardAllow6 *ebpf.Map `ebpf:"xdpguard_allow6"`
-	XdpguardConfig *ebpf.Map `ebpf:"xdpguard_config"`
-	XdpguardFrags  *ebpf.Map `ebpf:"xdpguard_frags"`
-	XdpguardStats  *ebpf.Map `ebpf:"xdpguard_stats"`
+	XdpguardAllow4       *ebpf.Map `ebpf:"xdpguard_allow4"`
+	XdpguardAllow6       *ebpf.Map `ebpf:"xdpguard_allow6"`
+	XdpguardConfig       *ebpf.Map `ebpf:"xdpguard_config"`
+	XdpguardFrags        *ebpf.Map `ebpf:"xdpguard_frags"`
+	XdpguardSampleBudget *ebpf.Map `ebpf:"xdpguard_sample_budget"`
+	XdpguardSampleRate   *ebpf.Map `ebpf:"xdpguard_sample_rate"`
+	XdpguardSampleStats  *ebpf.Map `ebpf:"xdpguard_sample_stats"`
+	XdpguardSamples      *ebpf.Map `ebpf:"xdpguard_samples"`
+	XdpguardStats        *ebpf.Map `ebpf:"xdpguard_stats"`
 }
 
 func (m *xdpguardMaps) Close() error {
@@ -204,6 +230,10 @@ func (m *xdpguardMaps) Close() error {
 		m.XdpguardAllow6,
 		m.XdpguardConfig,
 		m.XdpguardFrags,
+		m.XdpguardSampleBudget,
+		m.XdpguardSampleRate,
+		m.XdpguardSampleStats,
+		m.XdpguardSamples,
 		m.XdpguardStats,
 	)
 }
@@ -214,6 +244,7 @@ func (m *xdpguardMaps) Close() error {
 type xdpguardVariables struct {
 	Ip6fragTimeNs *ebpf.Variable `ebpf:"ip6frag_time_ns"`
 	IpfragTimeNs  *ebpf.Variable `ebpf:"ipfrag_time_ns"`
+	SampleNetns   *ebpf.Variable `ebpf:"sample_netns"`
 }
 
 // xdpguardPrograms contains all programs after they have been loaded into the kernel.

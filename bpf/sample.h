@@ -1,0 +1,216 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* Drop samples: a bounded, counted view of what the programs drop.
+ *
+ * Every drop (and, in monitor mode, every would-drop) either becomes one
+ * sample on the xdpguard_samples ring buffer or is counted as suppressed, per
+ * interface, hook and reason: samples + suppressed == drops, exactly. A
+ * per-CPU token bucket bounds the samples, and so the cost, under any flood:
+ * xdpguard_sample_rate[0] samples per second per CPU, a burst of one second's
+ * worth; 0 turns sampling off (every drop is then suppressed). A full ring
+ * buffer (no reader, or a slow one) counts as suppressed too.
+ *
+ * Included by xdpguard.c after count(); nothing here runs on the pass path. */
+#ifndef XDPGUARD_SAMPLE_H
+#define XDPGUARD_SAMPLE_H
+
+#define SAMPLE_SNAP_LEN 128 /* bytes of the frame a sample carries */
+/* 4 MiB holds about 25,000 samples (a record is 160 bytes plus an 8-byte
+ * header): over a second of the default budget, 256 per CPU, on 64 CPUs
+ * (16,384 a second), so a reader that stalls for a second loses nothing to a
+ * full buffer; it costs 4 MiB of kernel memory once, for all interfaces. */
+#define SAMPLE_RING_BYTES (4 << 20)
+/* Caps the rate the kernel applies, so rate * NSEC_PER_SEC cannot overflow. */
+#define SAMPLE_RATE_MAX 1000000
+
+/* One sample, as the ring buffer carries it. Addresses, ports and fragment
+ * fields are decoded from data by the loader: the same bytes a capture
+ * writes, parsed once, off the packet path. */
+struct sample {
+	__u64 ktime_ns;  /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 netns;     /* inode of the attached interface's network namespace */
+	__u32 ifindex;   /* the interface the packet was dropped on */
+	__u32 wire_len;  /* the packet's length, as counted */
+	__u16 cap_len;   /* bytes of data filled: min(wire_len, SAMPLE_SNAP_LEN) */
+	__u8 hook;       /* enum hook */
+	__u8 reason;     /* enum reason, as counted (would_drop in monitor mode) */
+	__u8 frame;      /* enum frame_start: Ethernet or IP first */
+	__u8 pad[3];
+	__u8 data[SAMPLE_SNAP_LEN];
+};
+
+/* Per interface (one instance per attach, pinned next to the counters):
+ * slot = hook * REASON_MAX + reason, as in xdpguard_stats. */
+struct sample_count {
+	__u64 sampled;    /* samples put on the ring buffer */
+	__u64 suppressed; /* drops not sampled: budget spent, sampling off, ring full */
+};
+
+/* A CPU's token bucket: credit is in token-nanoseconds, a sample costs
+ * NSEC_PER_SEC of it, and rate per second is earned per second elapsed. */
+struct sample_budget {
+	__u64 last_ns;
+	__u64 credit;
+};
+
+/* Set by the loader at load: the namespace the instance is attached in, so a
+ * sample names its interface unambiguously (ifindexes repeat across
+ * namespaces). */
+volatile const __u64 sample_netns = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, SAMPLE_RING_BYTES);
+} xdpguard_samples SEC(".maps");
+
+/* Samples per second per CPU; shared by every interface. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} xdpguard_sample_rate SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sample_budget);
+} xdpguard_sample_budget SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HOOK_MAX * REASON_MAX);
+	__type(key, __u32);
+	__type(value, struct sample_count);
+} xdpguard_sample_stats SEC(".maps");
+
+/* sample_take spends one token of this CPU's budget; 0 when there is none. */
+static __always_inline int sample_take(void)
+{
+	__u32 zero = 0;
+	__u32 *rate_p = bpf_map_lookup_elem(&xdpguard_sample_rate, &zero);
+	struct sample_budget *b = bpf_map_lookup_elem(&xdpguard_sample_budget, &zero);
+	__u64 now, elapsed, rate, cap;
+
+	if (!rate_p || !b || *rate_p == 0)
+		return 0;
+	rate = *rate_p;
+	if (rate > SAMPLE_RATE_MAX)
+		rate = SAMPLE_RATE_MAX;
+	cap = rate * NSEC_PER_SEC;
+	now = bpf_ktime_get_ns();
+	/* A bucket fills in a second: a longer gap earns no more. */
+	elapsed = now - b->last_ns;
+	if (elapsed > NSEC_PER_SEC)
+		elapsed = NSEC_PER_SEC;
+	b->last_ns = now;
+	b->credit += elapsed * rate;
+	if (b->credit > cap)
+		b->credit = cap;
+	if (b->credit < NSEC_PER_SEC)
+		return 0;
+	b->credit -= NSEC_PER_SEC;
+	return 1;
+}
+
+static __always_inline void sample_count(enum hook hook, enum reason r, int sampled)
+{
+	__u32 slot = hook * REASON_MAX + r;
+	struct sample_count *c = bpf_map_lookup_elem(&xdpguard_sample_stats, &slot);
+
+	if (!c)
+		return;
+	if (sampled)
+		c->sampled++;
+	else
+		c->suppressed++;
+}
+
+/* sample_reserve returns a ring buffer record with the header filled, or
+ * NULL (counted as suppressed) when the budget or the ring has no room. */
+static __always_inline struct sample *sample_reserve(enum hook hook, enum reason r,
+						     enum frame_start start, __u32 ifindex,
+						     __u32 wire_len)
+{
+	struct sample *s;
+
+	if (!sample_take()) {
+		sample_count(hook, r, 0);
+		return NULL;
+	}
+	s = bpf_ringbuf_reserve(&xdpguard_samples, sizeof(*s), 0);
+	if (!s) {
+		sample_count(hook, r, 0);
+		return NULL;
+	}
+	s->ktime_ns = bpf_ktime_get_ns();
+	s->netns = sample_netns;
+	s->ifindex = ifindex;
+	s->wire_len = wire_len;
+	s->cap_len = 0;
+	s->hook = hook;
+	s->reason = r;
+	s->frame = start;
+	s->pad[0] = s->pad[1] = s->pad[2] = 0;
+	return s;
+}
+
+_Static_assert((SAMPLE_SNAP_LEN & (SAMPLE_SNAP_LEN - 1)) == 0, "SAMPLE_SNAP_LEN must be a power of two");
+
+/* sample_snap_len is how many bytes of a wire_len packet a sample copies,
+ * 1 to SAMPLE_SNAP_LEN, for a wire_len of at least 1. Written as a mask plus
+ * one so that the verifier sees the range: clang folds "len > 0 && len <=
+ * SAMPLE_SNAP_LEN" into one unsigned compare of len - 1, which leaves the
+ * verifier a lower bound of 0, a zero-sized read. */
+static __always_inline __u32 sample_snap_len(__u32 wire_len)
+{
+	__u32 len = wire_len < SAMPLE_SNAP_LEN ? wire_len : SAMPLE_SNAP_LEN;
+
+	return ((len - 1) & (SAMPLE_SNAP_LEN - 1)) + 1;
+}
+
+/* sample_commit submits s with len bytes copied, or, when the copy failed
+ * (err != 0), discards it and counts the drop as suppressed. */
+static __always_inline void sample_commit(struct sample *s, enum hook hook, enum reason r,
+					  __u32 len, long err)
+{
+	if (err) {
+		bpf_ringbuf_discard(s, 0);
+		sample_count(hook, r, 0);
+		return;
+	}
+	s->cap_len = len;
+	bpf_ringbuf_submit(s, 0);
+	sample_count(hook, r, 1);
+}
+
+static __always_inline void sample_xdp(struct xdp_md *ctx, enum reason r, enum frame_start start,
+				       __u32 wire_len)
+{
+	struct sample *s = sample_reserve(HOOK_XDP_INGRESS, r, start, ctx->ingress_ifindex, wire_len);
+	__u32 len;
+	long err = -1;
+
+	if (!s)
+		return;
+	len = sample_snap_len(wire_len);
+	if (wire_len > 0)
+		err = bpf_xdp_load_bytes(ctx, 0, s->data, len);
+	sample_commit(s, HOOK_XDP_INGRESS, r, len, err);
+}
+
+static __always_inline void sample_tc(struct __sk_buff *skb, enum reason r, enum frame_start start)
+{
+	struct sample *s = sample_reserve(HOOK_TC_EGRESS, r, start, skb->ifindex, skb->len);
+	__u32 len;
+	long err = -1;
+
+	if (!s)
+		return;
+	len = sample_snap_len(skb->len);
+	if (skb->len > 0)
+		err = bpf_skb_load_bytes(skb, 0, s->data, len);
+	sample_commit(s, HOOK_TC_EGRESS, r, len, err);
+}
+
+#endif /* XDPGUARD_SAMPLE_H */
