@@ -170,6 +170,10 @@ func (nopObserver) ConfigLoaded(error)       {}
 func (nopObserver) Reconciled(string, error) {}
 func (nopObserver) SetInterfaces(int, int)   {}
 
+// SetSamples makes attack events name their top sources from s; call it
+// before Run.
+func (a *Agent) SetSamples(s SampleSource) { a.opts.Samples = s }
+
 // Config is the config in force.
 func (a *Agent) Config() *config.Config { return a.cfg }
 

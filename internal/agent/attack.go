@@ -45,6 +45,7 @@ func (k AttackEventKind) String() string {
 type AttackEvent struct {
 	Kind      AttackEventKind
 	Interface string
+	Ifindex   int
 	// Start is when the attack began: the start of the first counter
 	// interval at or above the threshold, or of the interval before it
 	// when that one had drops (a flood's first partial second).
@@ -80,8 +81,9 @@ var dropReasons = func() []string {
 // attackDetector follows one interface's counters. It is not safe for
 // concurrent use; the monitor owns it.
 type attackDetector struct {
-	cfg   config.Attacks
-	iface string
+	cfg     config.Attacks
+	iface   string
+	ifindex int
 
 	prev   map[string]loader.Counter // counters at prevAt, by reason
 	prevAt time.Time
@@ -111,8 +113,8 @@ type interval struct {
 	packets, bytes uint64
 }
 
-func newAttackDetector(iface string, cfg config.Attacks) *attackDetector {
-	return &attackDetector{iface: iface, cfg: cfg}
+func newAttackDetector(iface string, ifindex int, cfg config.Attacks) *attackDetector {
+	return &attackDetector{iface: iface, ifindex: ifindex, cfg: cfg}
 }
 
 // setConfig takes new thresholds; a running attack keeps going and is
@@ -226,7 +228,7 @@ func (d *attackDetector) reset() {
 // event reports the attack as it stands, lasting until end.
 func (d *attackDetector) event(kind AttackEventKind, end time.Time, rate float64, reasons map[string]float64) *AttackEvent {
 	return &AttackEvent{
-		Kind: kind, Interface: d.iface, Start: d.start, Duration: end.Sub(d.start),
+		Kind: kind, Interface: d.iface, Ifindex: d.ifindex, Start: d.start, Duration: end.Sub(d.start),
 		RatePPS: rate, Reasons: maps.Clone(reasons), PeakPPS: d.peak,
 		Packets: d.packets, Bytes: d.bytes,
 	}

@@ -2,7 +2,7 @@ package agent_test
 
 import (
 	"encoding/json"
-	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"sync"
@@ -32,8 +32,10 @@ func (a *agentProc) attackLines(t *testing.T, msg string) []map[string]any {
 }
 
 // TestAttackEvents: the real agent process, one flood of memcached requests
-// into a protected veth at about 2000 packets/s (threshold 300 pps): the
-// agent logs exactly one "attack started" and one "attack ended" for it,
+// from two spoofed sources (3:1) into a protected veth at about 2000
+// packets/s (threshold 300 pps): the agent logs exactly one "attack
+// started" and one "attack ended" for it, the started and ongoing lines
+// naming both sources with their shares from the kernel's drop samples,
 // the end counting exactly the packets and bytes the flood sent (all
 // dropped, as the kernel's counters say too), and xdpguard_attack_active
 // is 1 during the attack and 0 after it.
@@ -65,13 +67,21 @@ func TestAttackEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	frame, err := testpkt.MemcachedRequest(netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("192.0.2.1"), 40000, "get k\r\n").Frame()
-	if err != nil {
-		t.Fatal(err)
+	// Three in four frames from one spoofed source, the others from
+	// another: the top sources must say so.
+	var frames [][]byte
+	for _, src := range []string{"198.51.100.7", "198.51.100.7", "198.51.100.7", "203.0.113.9"} {
+		f, err := testpkt.MemcachedRequest(netip.MustParseAddr(src), netip.MustParseAddr("192.0.2.1"), 40000, "get k\r\n").Frame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		copy(f[0:6], mac)
+		frames = append(frames, f)
 	}
-	copy(frame[0:6], mac)
+	frame := frames[0] // all are this long
 	inj := nstest.NewInjector(t, h.peer, "pxk0")
 
+	rng := rand.New(rand.NewPCG(1, 2))
 	var sent atomic.Uint64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -89,7 +99,10 @@ func TestAttackEvents(t *testing.T) {
 			case <-tick.C:
 			}
 			for range 20 {
-				if err := inj.Send(frame); err != nil {
+				// Drawn at random: the budget samples the first
+				// frames of each burst, which a fixed pattern
+				// would bias.
+				if err := inj.Send(frames[rng.IntN(len(frames))]); err != nil {
 					t.Errorf("send: %v", err)
 					return
 				}
@@ -119,6 +132,25 @@ func TestAttackEvents(t *testing.T) {
 	s, e := starts[0], ends[0]
 	if s["interface"] != "xk0" || s["level"] != "WARN" || s["rate_pps"].(float64) < 300 {
 		t.Errorf("attack started: %v", s)
+	}
+	// The samples name both sources with their shares of the flood
+	// (0.75 and 0.25), within 0.1: the budget samples a few hundred of
+	// the thousands dropped.
+	for _, l := range append(starts, a.attackLines(t, "attack ongoing")...) {
+		top, _ := l["top_sources"].([]any)
+		if len(top) != 2 {
+			t.Errorf("%s: top_sources %v, want 198.51.100.7 (0.75) and 203.0.113.9 (0.25)", l["msg"], l["top_sources"])
+			continue
+		}
+		for i, want := range []struct {
+			addr  string
+			share float64
+		}{{"198.51.100.7", 0.75}, {"203.0.113.9", 0.25}} {
+			got := top[i].(map[string]any)
+			if share, _ := got["share"].(float64); got["address"] != want.addr || share < want.share-0.1 || share > want.share+0.1 {
+				t.Errorf("%s: top_sources[%d] = %v, want %s with a share of %.2f ± 0.1", l["msg"], i, got, want.addr, want.share)
+			}
+		}
 	}
 	if rs, _ := s["reasons_pps"].(map[string]any); len(rs) != 1 || rs["drop_request"] == nil {
 		t.Errorf("attack started: reasons_pps %v, want drop_request only", s["reasons_pps"])
@@ -171,5 +203,10 @@ func TestAttackEvents(t *testing.T) {
 	if v, ok := scrape(`xdpguard_attacks_total{interface="xk0"}`); !ok || v != 1 {
 		t.Errorf("xdpguard_attacks_total = %v (found %v), want 1", v, ok)
 	}
-	t.Logf("flood of %d frames: %s", n, fmt.Sprint(e))
+	t.Logf("flood of %d frames; the agent logged:", n)
+	for _, l := range a.log.all() {
+		if strings.Contains(l, `"msg":"attack `) {
+			t.Log(l)
+		}
+	}
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -66,7 +68,7 @@ func itoa(i int) string {
 // first second to the last quiet second, and the peak.
 func TestAttackDetectorOneFlood(t *testing.T) {
 	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
-	d := newAttackDetector("eth0", testAttackCfg)
+	d := newAttackDetector("eth0", 2, testAttackCfg)
 	rates := []uint64{10, 20, 5000, 5000, 6000, 5000, 200, 300, 5000, 7000, 5000, 10, 0, 0, 0, 50, 0, 0, 0}
 	evs := feed(t, d, t0, rates)
 	got := strings.Join(kinds(evs), " ")
@@ -111,7 +113,7 @@ func TestAttackDetectorOneFlood(t *testing.T) {
 // for less than min_duration, make no event.
 func TestAttackDetectorBelowAndShort(t *testing.T) {
 	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
-	d := newAttackDetector("eth0", testAttackCfg)
+	d := newAttackDetector("eth0", 2, testAttackCfg)
 	if evs := feed(t, d, t0, []uint64{999, 999, 999, 5000, 0, 5000, 0, 999, 0, 0}); len(evs) != 0 {
 		t.Fatalf("events from blips: %v", kinds(evs))
 	}
@@ -119,13 +121,13 @@ func TestAttackDetectorBelowAndShort(t *testing.T) {
 	// first second.
 	cfg := testAttackCfg
 	cfg.MinDuration = 0
-	d = newAttackDetector("eth0", cfg)
+	d = newAttackDetector("eth0", 2, cfg)
 	if got := strings.Join(kinds(feed(t, d, t0, []uint64{1000, 0, 0, 0, 0, 0})), " "); got != "attack started@1 attack ended@6" {
 		t.Fatalf("min_duration 0: %s", got)
 	}
 	// threshold 0 turns attacks off whatever the rate.
 	cfg.ThresholdPPS = 0
-	d = newAttackDetector("eth0", cfg)
+	d = newAttackDetector("eth0", 2, cfg)
 	if evs := feed(t, d, t0, []uint64{1e6, 1e6, 1e6}); len(evs) != 0 {
 		t.Fatalf("threshold 0: %v", kinds(evs))
 	}
@@ -137,7 +139,7 @@ func TestAttackDetectorIrregularClock(t *testing.T) {
 	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
 	cfg := testAttackCfg
 	cfg.MinDuration = 0
-	d := newAttackDetector("eth0", cfg)
+	d := newAttackDetector("eth0", 2, cfg)
 	c := func(n uint64) map[string]loader.Counter {
 		return map[string]loader.Counter{"would_drop": {Packets: n, Bytes: n * 60}}
 	}
@@ -164,7 +166,7 @@ func TestAttackDetectorCounterReset(t *testing.T) {
 	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
 	cfg := testAttackCfg
 	cfg.MinDuration, cfg.QuietPeriod = 0, 2*time.Second
-	d := newAttackDetector("eth0", cfg)
+	d := newAttackDetector("eth0", 2, cfg)
 	c := func(n uint64) map[string]loader.Counter {
 		return map[string]loader.Counter{"drop_response": {Packets: n, Bytes: n}}
 	}
@@ -187,7 +189,7 @@ func TestAttackDetectorCounterReset(t *testing.T) {
 // TestAttackDetectorGone: an interface that goes away ends its attack.
 func TestAttackDetectorGone(t *testing.T) {
 	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
-	d := newAttackDetector("eth0", testAttackCfg)
+	d := newAttackDetector("eth0", 2, testAttackCfg)
 	if ev := d.gone(t0, "x"); ev != nil {
 		t.Fatalf("gone without an attack: %+v", ev)
 	}
@@ -204,13 +206,15 @@ func (f *fakeObs) AttackStarted(i string) { f.calls = append(f.calls, "start "+i
 func (f *fakeObs) AttackEnded(i string)   { f.calls = append(f.calls, "end "+i) }
 
 type fakeSamples struct {
-	top []TopSource
-	err error
-	n   int
+	top     []TopSource
+	err     error
+	n       int
+	ifindex int
+	since   time.Time
 }
 
-func (f *fakeSamples) TopSources(iface string, n int) ([]TopSource, error) {
-	f.n = n
+func (f *fakeSamples) TopSources(ifindex int, since time.Time, n int) ([]TopSource, error) {
+	f.n, f.ifindex, f.since = n, ifindex, since
 	return f.top, f.err
 }
 
@@ -267,8 +271,11 @@ func TestAttackMonitorLogs(t *testing.T) {
 		t.Errorf("reasons_pps: %v", l["reasons_pps"])
 	}
 	top, _ := l["top_sources"].([]any)
-	if len(top) != 2 || top[0].(map[string]any)["address"] != "198.51.100.7" || samples.n != topSourcesN {
-		t.Errorf("top_sources: %v (asked for %d)", l["top_sources"], samples.n)
+	if len(top) != 2 || top[0].(map[string]any)["address"] != "198.51.100.7" || top[0].(map[string]any)["share"] != 0.6 {
+		t.Errorf("top_sources: %v", l["top_sources"])
+	}
+	if samples.n != topSourcesN || samples.ifindex != 2 || !samples.since.Equal(t0) {
+		t.Errorf("asked the samples for %d sources of ifindex %d since %v; want %d of 2 since %v", samples.n, samples.ifindex, samples.since, topSourcesN, t0)
 	}
 	// A failing sample source leaves the field out; the event still goes.
 	samples.err = errors.New("no ring buffer")
@@ -300,5 +307,43 @@ func TestAttackMonitorLogs(t *testing.T) {
 	}
 	if _, ok := lines[0]["top_sources"]; ok {
 		t.Errorf("top_sources without a sample source: %v", lines[0])
+	}
+}
+
+// TestTopSources: sources are counted over the samples of one interface of
+// one namespace since the attack began, shares of all those samples
+// (non-IP ones included), largest first, at most n.
+func TestTopSources(t *testing.T) {
+	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
+	const ns = 4026531840
+	smp := func(src string, ifindex int, netns uint64, at time.Time) loader.Sample {
+		s := loader.Sample{Ifindex: ifindex, Netns: netns, Time: at}
+		if src != "" {
+			s.Src = netip.MustParseAddr(src)
+		}
+		return s
+	}
+	var in []loader.Sample
+	add := func(k int, s loader.Sample) {
+		for range k {
+			in = append(in, s)
+		}
+	}
+	add(50, smp("198.51.100.7", 2, ns, t0.Add(time.Second)))
+	add(30, smp("2001:db8::5", 2, ns, t0.Add(time.Second)))
+	add(10, smp("203.0.113.9", 2, ns, t0))
+	add(5, smp("192.0.2.1", 2, ns, t0.Add(2*time.Second)))
+	add(5, smp("", 2, ns, t0.Add(time.Second))) // not IP: counted, unnamed
+	// Not ours: before the attack, another interface, another namespace.
+	add(1000, smp("192.0.2.99", 2, ns, t0.Add(-time.Second)))
+	add(1000, smp("192.0.2.98", 3, ns, t0.Add(time.Second)))
+	add(1000, smp("192.0.2.97", 2, ns+1, t0.Add(time.Second)))
+	got := topSources(in, ns, 2, t0, 3)
+	want := []TopSource{{"198.51.100.7", 0.5}, {"2001:db8::5", 0.3}, {"203.0.113.9", 0.1}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("top 3: %v\nwant       %v", got, want)
+	}
+	if got := topSources(in, ns, 7, t0, 3); len(got) != 0 {
+		t.Fatalf("no samples of ifindex 7: %v", got)
 	}
 }

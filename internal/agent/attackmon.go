@@ -31,11 +31,13 @@ type TopSource struct {
 }
 
 // SampleSource names an attack's top sources from the kernel's drop
-// samples. The agent's events carry top_sources only when one is set.
+// samples. The agent's events carry top_sources only when one is set
+// (RingSamples reads the kernel's).
 type SampleSource interface {
-	// TopSources returns up to n sources of the drops sampled on iface
-	// since the previous call for iface, largest share first.
-	TopSources(iface string, n int) ([]TopSource, error)
+	// TopSources returns up to n sources of the drops sampled on the
+	// interface ifindex (of the agent's network namespace) since since,
+	// largest share first.
+	TopSources(ifindex int, since time.Time, n int) ([]TopSource, error)
 }
 
 // topSourcesN is how many sources an event names.
@@ -91,7 +93,7 @@ func (m *attackMonitor) step(now time.Time, stats []loader.InterfaceStats) {
 	for idx, counters := range byIndex {
 		d := m.dets[idx]
 		if d == nil {
-			d = newAttackDetector(names[idx], m.cfg)
+			d = newAttackDetector(names[idx], idx, m.cfg)
 			m.dets[idx] = d
 			// Drops before this first read are no attack's.
 			m.log.Debug("attack monitor: watching interface", "interface", names[idx], "ifindex", idx)
@@ -126,7 +128,7 @@ func (m *attackMonitor) emit(ev *AttackEvent) {
 		attrs = append(attrs, "why", ev.Why)
 	}
 	if ev.Kind != AttackEnded && m.samples != nil {
-		top, err := m.samples.TopSources(ev.Interface, topSourcesN)
+		top, err := m.samples.TopSources(ev.Ifindex, ev.Start, topSourcesN)
 		if err != nil {
 			m.log.Debug("no top sources for the attack event", "interface", ev.Interface, "error", err)
 		} else {
