@@ -40,7 +40,10 @@ The pin path comes from the config's pin_path, not from --pin-path. An agent
 that finds pinned state adopts it, with no gap. SIGKILL leaves every
 interface protected; SIGTERM keeps protection too unless on_stop: detach.
 Under systemd (Type=notify) it reports READY, RELOADING and STOPPING. It
-serves /metrics, /healthz and /readyz on the config's metrics.listen.
+serves /metrics, /healthz and /readyz on the config's metrics.listen. When an
+interface's drops stay above the config's attacks.threshold_pps it logs
+"attack started" (rate, reasons, top sources from the drop samples),
+"attack ongoing" and "attack ended" (duration, packets, bytes, peak rate).
 
 --check-config FILE validates FILE and the allow-list files it names without
 touching the kernel, and exits 1 with every error (FILE:LINE: FIELD: ...).`,
