@@ -221,6 +221,18 @@ func TestGuardSourceReadsKernel(t *testing.T) {
 			}
 			fmt.Fprintf(&exp, "xdpguard_packets_total{hook=%q,interface=%q,reason=%q} %d\n", s.Hook, hostIf, reason, c.Packets)
 			fmt.Fprintf(&exp, "xdpguard_bytes_total{hook=%q,interface=%q,reason=%q} %d\n", s.Hook, hostIf, reason, c.Bytes)
+			sc, sampled := s.Samples[reason.String()]
+			if sampled != (reason.Dropped() || reason == loader.ReasonWouldDrop) {
+				t.Errorf("%s %s: sample counters present: %v", s.Hook, reason, sampled)
+			}
+			if !sampled {
+				continue
+			}
+			if sc.Sampled+sc.Suppressed != c.Packets {
+				t.Errorf("%s %s: %d sampled + %d suppressed, %d dropped", s.Hook, reason, sc.Sampled, sc.Suppressed, c.Packets)
+			}
+			fmt.Fprintf(&exp, "xdpguard_samples_total{hook=%q,interface=%q,reason=%q} %d\n", s.Hook, hostIf, reason, sc.Sampled)
+			fmt.Fprintf(&exp, "xdpguard_samples_suppressed_total{hook=%q,interface=%q,reason=%q} %d\n", s.Hook, hostIf, reason, sc.Suppressed)
 		}
 	}
 	if len(st) != 2 {

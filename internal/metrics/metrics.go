@@ -37,6 +37,8 @@ const (
 	IfacesProtected = "xdpguard_interfaces_protected"
 	AttackActive    = "xdpguard_attack_active"
 	AttacksTotal    = "xdpguard_attacks_total"
+	SamplesTotal    = "xdpguard_samples_total"
+	SamplesSuppr    = "xdpguard_samples_suppressed_total"
 )
 
 // Collector reads xdpguard's kernel state from a Source at every scrape and
@@ -50,6 +52,7 @@ type Collector struct {
 	port            *prometheus.Desc
 	allow           *prometheus.Desc
 	entries, maxEnt *prometheus.Desc
+	sampled, suppr  *prometheus.Desc
 }
 
 // NewCollector returns a collector reading src.
@@ -90,12 +93,22 @@ func NewCollector(src Source) *Collector {
 		maxEnt: prometheus.NewDesc(MapMaxEntries,
 			"Capacity of a bounded shared map (see xdpguard_map_entries).",
 			[]string{"map"}, nil),
+		sampled: prometheus.NewDesc(SamplesTotal,
+			"Dropped packets (in monitor mode, would_drop ones) put on the drop-sample ring buffer that `xdpguard top` and "+
+				"`xdpguard capture` read, under a per-CPU budget (`xdpguard sampling`). "+
+				"For each interface, hook and dropping reason, xdpguard_samples_total + xdpguard_samples_suppressed_total "+
+				"equals xdpguard_packets_total. Absent for an interface attached by a release before sampling, until upgraded.",
+			counted, nil),
+		suppr: prometheus.NewDesc(SamplesSuppr,
+			"Dropped packets (in monitor mode, would_drop ones) not sampled: the sampling budget was spent or is 0, "+
+				"or the ring buffer was full (no reader, or a slow one). See xdpguard_samples_total.",
+			counted, nil),
 	}
 }
 
 // Describe sends every series' description.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.packets, c.bytes, c.attached, c.configInfo, c.port, c.allow, c.entries, c.maxEnt} {
+	for _, d := range []*prometheus.Desc{c.packets, c.bytes, c.attached, c.configInfo, c.port, c.allow, c.entries, c.maxEnt, c.sampled, c.suppr} {
 		ch <- d
 	}
 }
@@ -130,6 +143,17 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			// 1 Gpps, or 285 years at 1 Mpps.
 			ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(v.Packets), s.Interface, s.Hook, r.String())
 			ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(v.Bytes), s.Interface, s.Hook, r.String())
+		}
+		if s.Samples == nil {
+			continue
+		}
+		for _, r := range loader.Reasons() {
+			v, ok := s.Samples[r.String()]
+			if !ok {
+				continue // a reason that passes: never sampled
+			}
+			ch <- prometheus.MustNewConstMetric(c.sampled, prometheus.CounterValue, float64(v.Sampled), s.Interface, s.Hook, r.String())
+			ch <- prometheus.MustNewConstMetric(c.suppr, prometheus.CounterValue, float64(v.Suppressed), s.Interface, s.Hook, r.String())
 		}
 	}
 	for _, a := range snap.Attachments {
