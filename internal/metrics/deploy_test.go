@@ -16,6 +16,8 @@ import (
 	"testing"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/xdpguard/xdpguard/loader"
 )
 
 // The operations kit in deploy/: Prometheus alerting rules, their unit
@@ -118,13 +120,16 @@ func readYAML(t *testing.T, file string, v any) {
 }
 
 // exportedSeries is every series name the agent's /metrics serves: a real
-// gather of the agent's registry over a fake kernel, after the agent
-// state has seen an attack (vectors without children export nothing).
+// gather of the agent's registry over a fake kernel that has taken drop
+// samples, after the agent state has seen an attack (vectors without
+// children export nothing).
 func exportedSeries(t *testing.T) map[string]bool {
 	t.Helper()
 	state := NewAgentState()
 	state.AttackStarted("eth0")
-	mfs, err := NewRegistry(staticSource(fakeSnapshot()), state, "test").Gather()
+	snap := fakeSnapshot()
+	snap.Stats[0].Samples = map[string]loader.SampleCounter{"drop_request": {Sampled: 3, Suppressed: 4}}
+	mfs, err := NewRegistry(staticSource(snap), state, "test").Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,7 +357,7 @@ func TestDashboardAndRulesUseExportedSeries(t *testing.T) {
 	}
 	// The dashboard shows the series the issue asks for.
 	for _, n := range []string{PacketsTotal, BytesTotal, AttackActive, MapEntries, MapMaxEntries, Attached, ConfigValid,
-		ReconcileErrors, IfacesWanted, IfacesProtected} {
+		ReconcileErrors, IfacesWanted, IfacesProtected, SamplesTotal, SamplesSuppr} {
 		if !used[n] {
 			t.Errorf("neither the dashboard nor the rules use %s", n)
 		}
