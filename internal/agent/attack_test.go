@@ -285,12 +285,21 @@ func TestAttackMonitorLogs(t *testing.T) {
 	if len(lines) != 1 || lines[0]["msg"] != "attack ongoing" || lines[0]["top_sources"] != nil {
 		t.Fatalf("ongoing with failing samples: %v", lines)
 	}
-	// eth0 is gone: the attack ends now.
+	// eth0 is renamed eth9 (same ifindex): the same attack goes on.
 	buf.Reset()
+	renamed := st(4800, 4800)
+	renamed[0].Interface, renamed[1].Interface = "eth9", "eth9"
+	m.step(t0.Add(4500*time.Millisecond), renamed)
+	if lines = logLines(t, &buf); len(lines) != 0 {
+		t.Fatalf("a rename made %v", lines)
+	}
+	// eth9 is gone: the attack ends, under the new name in the log and
+	// on the series it started on for the metrics; it lasted until 4 s,
+	// where the quiet interval before the rename began.
 	m.step(t0.Add(5*time.Second), st(4800, 4800)[2:])
 	lines = logLines(t, &buf)
-	if len(lines) != 1 || lines[0]["msg"] != "attack ended" || lines[0]["interface"] != "eth0" || lines[0]["packets"] != 9600.0 ||
-		lines[0]["peak_pps"] != 2800.0 || lines[0]["duration_seconds"] != 5.0 || lines[0]["why"] == nil {
+	if len(lines) != 1 || lines[0]["msg"] != "attack ended" || lines[0]["interface"] != "eth9" || lines[0]["packets"] != 9600.0 ||
+		lines[0]["peak_pps"] != 2800.0 || lines[0]["duration_seconds"] != 4.0 || lines[0]["why"] == nil {
 		t.Fatalf("ended on gone: %v", lines)
 	}
 	if got := strings.Join(obs.calls, ","); got != "start eth0,end eth0" {

@@ -51,10 +51,14 @@ type attackMonitor struct {
 	samples SampleSource   // nil: no top sources
 	cfg     config.Attacks
 	dets    map[int]*attackDetector
+	// told holds, per ifindex, the name the observer was given at an
+	// attack's start: the end goes to the same series even if the
+	// interface was renamed meanwhile.
+	told map[int]string
 }
 
 func newAttackMonitor(log *slog.Logger, obs AttackObserver, samples SampleSource, cfg config.Attacks) *attackMonitor {
-	return &attackMonitor{log: log, obs: obs, samples: samples, cfg: cfg, dets: map[int]*attackDetector{}}
+	return &attackMonitor{log: log, obs: obs, samples: samples, cfg: cfg, dets: map[int]*attackDetector{}, told: map[int]string{}}
 }
 
 // setConfig takes new thresholds for every interface.
@@ -145,9 +149,15 @@ func (m *attackMonitor) emit(ev *AttackEvent) {
 	}
 	switch ev.Kind {
 	case AttackStarted:
+		m.told[ev.Ifindex] = ev.Interface
 		m.obs.AttackStarted(ev.Interface)
 	case AttackEnded:
-		m.obs.AttackEnded(ev.Interface)
+		name, ok := m.told[ev.Ifindex]
+		if !ok {
+			name = ev.Interface
+		}
+		delete(m.told, ev.Ifindex)
+		m.obs.AttackEnded(name)
 	}
 }
 

@@ -17,8 +17,12 @@ import (
 	"github.com/xdpguard/xdpguard/loader"
 )
 
-// fragKeySize is struct frag_key's size in bpf/xdpguard.c.
-const fragKeySize = 40
+// fragKeySize and fragValSize are the sizes of struct frag_key and struct
+// frag_verdict in bpf/xdpguard.c.
+const (
+	fragKeySize = 40
+	fragValSize = 16
+)
 
 // newMaps makes unpinned shared maps of the compiled sizes.
 func newMaps(t testing.TB) *loader.Maps {
@@ -31,6 +35,9 @@ func newMaps(t testing.TB) *loader.Maps {
 	t.Cleanup(func() { m.Close() })
 	if m.Frags.KeySize() != fragKeySize {
 		t.Fatalf("fragment key is %d bytes, this test writes %d: update fragKeySize", m.Frags.KeySize(), fragKeySize)
+	}
+	if m.Frags.ValueSize() != fragValSize {
+		t.Fatalf("fragment verdict is %d bytes, this test writes %d: update fragValSize", m.Frags.ValueSize(), fragValSize)
 	}
 	return m
 }
@@ -62,7 +69,7 @@ func fillFrags(t testing.TB, frags *ebpf.Map, first, n int) {
 		}
 	}()
 	keys := make([][fragKeySize]byte, n)
-	vals := make([]uint32, n)
+	vals := make([][fragValSize]byte, n) // zeroed verdicts
 	for i := range keys {
 		binary.LittleEndian.PutUint32(keys[i][32:], uint32(first+i)) // the IP ID
 		keys[i][0] = 10                                              // an IPv4 source
