@@ -406,3 +406,42 @@ func TestDashboardQueriesParse(t *testing.T) {
 		t.Fatalf("promtool did not check %d queries:\n%s", len(rules), out)
 	}
 }
+
+// TestREADMEDocumentsEveryAlert: the README's alert table names every
+// alert with its expression and its for, as the rules file has them.
+func TestREADMEDocumentsEveryAlert(t *testing.T) {
+	var rules struct {
+		Groups []struct {
+			Rules []struct {
+				Alert string `yaml:"alert"`
+				Expr  string `yaml:"expr"`
+				For   string `yaml:"for"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	readYAML(t, rulesFile, &rules)
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			if r.Alert == "" {
+				continue
+			}
+			n++
+			forText := r.For
+			if forText == "" {
+				forText = "0"
+			}
+			row := fmt.Sprintf("| `%s` | `%s` | %s |", r.Alert, strings.ReplaceAll(r.Expr, "|", `\|`), forText)
+			if !strings.Contains(string(readme), row) {
+				t.Errorf("README.md has no row starting %s", row)
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("no alerts")
+	}
+}
