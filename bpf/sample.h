@@ -2,10 +2,10 @@
 /* Drop samples: a bounded, counted view of what the programs drop.
  *
  * Every drop (and, in monitor mode, every would-drop) either becomes one
- * sample on the xdpguard_samples ring buffer or is counted as suppressed, per
+ * sample on the xdpguard_ring ring buffer or is counted as suppressed, per
  * interface, hook and reason: samples + suppressed == drops, exactly. A
  * per-CPU token bucket bounds the samples, and so the cost, under any flood:
- * xdpguard_sample_rate[0] samples per second per CPU, a burst of one second's
+ * xdpguard_srate[0] samples per second per CPU, a burst of one second's
  * worth; 0 turns sampling off (every drop is then suppressed). A full ring
  * buffer (no reader, or a slow one) counts as suppressed too.
  *
@@ -46,7 +46,8 @@ struct sample_count {
 };
 
 /* A CPU's token bucket: credit is in token-nanoseconds, a sample costs
- * NSEC_PER_SEC of it, and rate per second is earned per second elapsed. */
+ * NSEC_PER_SEC of it, and rate per second is earned per second elapsed
+ * (CLOCK_MONOTONIC_COARSE). */
 struct sample_budget {
 	__u64 last_ns;
 	__u64 credit;
@@ -57,10 +58,12 @@ struct sample_budget {
  * namespaces). */
 volatile const __u64 sample_netns = 0;
 
+/* The kernel keeps 15 characters of a map's name (what bpftool shows):
+ * these are short enough to stay apart. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, SAMPLE_RING_BYTES);
-} xdpguard_samples SEC(".maps");
+} xdpguard_ring SEC(".maps");
 
 /* Samples per second per CPU; shared by every interface. */
 struct {
@@ -68,28 +71,28 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, __u32);
-} xdpguard_sample_rate SEC(".maps");
+} xdpguard_srate SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct sample_budget);
-} xdpguard_sample_budget SEC(".maps");
+} xdpguard_tokens SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, HOOK_MAX * REASON_MAX);
 	__type(key, __u32);
 	__type(value, struct sample_count);
-} xdpguard_sample_stats SEC(".maps");
+} xdpguard_sstats SEC(".maps");
 
 /* sample_take spends one token of this CPU's budget; 0 when there is none. */
 static __always_inline int sample_take(void)
 {
 	__u32 zero = 0;
-	__u32 *rate_p = bpf_map_lookup_elem(&xdpguard_sample_rate, &zero);
-	struct sample_budget *b = bpf_map_lookup_elem(&xdpguard_sample_budget, &zero);
+	__u32 *rate_p = bpf_map_lookup_elem(&xdpguard_srate, &zero);
+	struct sample_budget *b = bpf_map_lookup_elem(&xdpguard_tokens, &zero);
 	__u64 now, elapsed, rate, cap;
 
 	if (!rate_p || !b || *rate_p == 0)
@@ -98,7 +101,11 @@ static __always_inline int sample_take(void)
 	if (rate > SAMPLE_RATE_MAX)
 		rate = SAMPLE_RATE_MAX;
 	cap = rate * NSEC_PER_SEC;
-	now = bpf_ktime_get_ns();
+	/* The coarse clock (a jiffy's resolution, 1 to 10 ms) costs a load
+	 * where bpf_ktime_get_ns reads the clock source: under a flood the
+	 * bucket is empty and this runs on every drop. Refilling in jiffy
+	 * steps keeps the rate over any second. */
+	now = bpf_ktime_get_coarse_ns();
 	/* A bucket fills in a second: a longer gap earns no more. */
 	elapsed = now - b->last_ns;
 	if (elapsed > NSEC_PER_SEC)
@@ -116,7 +123,7 @@ static __always_inline int sample_take(void)
 static __always_inline void sample_count(enum hook hook, enum reason r, int sampled)
 {
 	__u32 slot = hook * REASON_MAX + r;
-	struct sample_count *c = bpf_map_lookup_elem(&xdpguard_sample_stats, &slot);
+	struct sample_count *c = bpf_map_lookup_elem(&xdpguard_sstats, &slot);
 
 	if (!c)
 		return;
@@ -138,7 +145,7 @@ static __always_inline struct sample *sample_reserve(enum hook hook, enum reason
 		sample_count(hook, r, 0);
 		return NULL;
 	}
-	s = bpf_ringbuf_reserve(&xdpguard_samples, sizeof(*s), 0);
+	s = bpf_ringbuf_reserve(&xdpguard_ring, sizeof(*s), 0);
 	if (!s) {
 		sample_count(hook, r, 0);
 		return NULL;

@@ -34,6 +34,11 @@ type DesiredState struct {
 	// Adding a prefix already listed changes nothing; deleting one that is
 	// not listed fails the Apply (ErrNotAllowed).
 	AllowAdd, AllowDel []netip.Prefix
+
+	// SampleRate is the drop-sampling budget, samples per second per CPU
+	// (0: off; at most MaxSampleRate), shared like Config
+	// (Scope.SampleRate). It lives in a map of its own, not in Config's.
+	SampleRate uint32
 }
 
 // ApplyScope says which parts of a DesiredState Apply makes true; the
@@ -50,6 +55,7 @@ type ApplyScope struct {
 	Config          bool // write Config if it differs
 	Allow           bool // make the allow list equal Allow
 	AllowEdit       bool // add AllowAdd, delete AllowDel (not with Allow)
+	SampleRate      bool // write SampleRate if it differs
 }
 
 // ApplyOptions say how Apply works.
@@ -165,6 +171,9 @@ func (g *Guard) Apply(want DesiredState, opts ApplyOptions) (changes []Change, e
 			return nil, err
 		}
 	}
+	if opts.Scope.SampleRate && want.SampleRate > MaxSampleRate {
+		return nil, fmt.Errorf("invalid sampling rate %d: give 0 (off) to %d samples per second per CPU", want.SampleRate, MaxSampleRate)
+	}
 	var plan *allowPlan
 	switch {
 	case opts.Scope.Allow && opts.Scope.AllowEdit:
@@ -193,6 +202,14 @@ func (g *Guard) Apply(want DesiredState, opts ApplyOptions) (changes []Change, e
 		}
 	}
 	if err := r.t.fail("config"); err != nil {
+		return nil, err
+	}
+	if opts.Scope.SampleRate {
+		if err := r.writeSampleRate(want.SampleRate); err != nil {
+			return nil, err
+		}
+	}
+	if err := r.t.fail("sampling"); err != nil {
 		return nil, err
 	}
 	if opts.Scope.Interfaces {
@@ -620,6 +637,23 @@ func (r *applyRun) writeConfig(want Config) error {
 	}
 	r.t.onFail(func() { r.g.Maps.WriteConfig(cur) })
 	r.changes = append(r.changes, what...)
+	return nil
+}
+
+// writeSampleRate sets the sampling budget if it differs.
+func (r *applyRun) writeSampleRate(rate uint32) error {
+	cur, err := r.g.Maps.SampleRate()
+	if err != nil {
+		return err
+	}
+	if cur == rate {
+		return nil
+	}
+	if err := r.g.Maps.SetSampleRate(rate); err != nil {
+		return err
+	}
+	r.t.onFail(func() { r.g.Maps.SetSampleRate(cur) })
+	r.changes = append(r.changes, Change{What: "sampling", Detail: fmt.Sprintf("%d -> %d per second per CPU", cur, rate)})
 	return nil
 }
 

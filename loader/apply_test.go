@@ -24,6 +24,7 @@ type applySnapshot struct {
 	Attached []InterfaceSpec
 	XG1Prog  uint32 // the XDP program on xg1: an upgrade rolled back restores it
 	XG1TCX   int
+	Sampling uint32
 }
 
 func (r *rig) snapshot(t *testing.T) applySnapshot {
@@ -31,6 +32,9 @@ func (r *rig) snapshot(t *testing.T) applySnapshot {
 	var s applySnapshot
 	r.do(t, func(g *Guard) (err error) {
 		if s.Config, err = g.Maps.ReadConfig(); err != nil {
+			return err
+		}
+		if s.Sampling, err = g.Maps.SampleRate(); err != nil {
 			return err
 		}
 		if s.Allow, err = g.Maps.AllowList(); err != nil {
@@ -86,15 +90,16 @@ var applyWant = DesiredState{
 	Interfaces: []InterfaceSpec{{Name: rigHostIf, Egress: true}, {Name: "xg3"}},
 	Config:     Config{Mode: ModeMonitor, FragPolicy: FragStrict, Ports: []uint16{53, DefaultPort}},
 	Allow:      mustPrefixes("203.0.113.0/24", "198.51.100.0/24", "203.0.113.0/24"),
+	SampleRate: 100,
 }
 
-var applyEverything = ApplyScope{Interfaces: true, PruneInterfaces: true, Config: true, Allow: true}
+var applyEverything = ApplyScope{Interfaces: true, PruneInterfaces: true, Config: true, Allow: true, SampleRate: true}
 
 // TestApplyRollsBackAtEveryStep fails one whole Apply at each step in turn:
 // whatever it had changed by then is taken back, and the kernel holds what it
 // held before, program for program.
 func TestApplyRollsBackAtEveryStep(t *testing.T) {
-	for _, step := range []string{"allow-add", "config", "replace-xdp", "replace-tc", "tc", "stats", "xdp", "done", "allow-del", "detach", "egress-remove", "end"} {
+	for _, step := range []string{"allow-add", "config", "sampling", "replace-xdp", "replace-tc", "tc", "stats", "xdp", "done", "allow-del", "detach", "egress-remove", "end"} {
 		t.Run(step, func(t *testing.T) {
 			r := applyRig(t)
 			before := r.snapshot(t)
@@ -145,6 +150,7 @@ func TestApplyChangesThenNothing(t *testing.T) {
 		{What: "mode", Detail: "enforce -> monitor"},
 		{What: "fragments", Detail: "track -> strict"},
 		{What: "ports", Detail: "11211 -> 53,11211"},
+		{What: "sampling", Detail: "256 -> 100 per second per CPU"},
 		{Interface: rigHostIf, What: "egress added", Detail: "tcx"},
 		{Interface: "xg3", What: "attached", Detail: "xdp native, no egress"},
 		{Interface: "xg5", What: "detached"},
@@ -155,7 +161,7 @@ func TestApplyChangesThenNothing(t *testing.T) {
 		t.Fatalf("changes:\n got %v\nwant %v", first, want)
 	}
 	s := r.snapshot(t)
-	if s.V4 != 2 || s.V6 != 0 || !s.Active4 || s.Active6 || len(s.Attached) != 2 || s.XG1TCX != 1 {
+	if s.V4 != 2 || s.V6 != 0 || !s.Active4 || s.Active6 || len(s.Attached) != 2 || s.XG1TCX != 1 || s.Sampling != 100 {
 		t.Fatalf("after Apply: %s", s)
 	}
 	r.do(t, func(g *Guard) (err error) {
@@ -215,6 +221,7 @@ func TestApplyRefusesBadInputChangingNothing(t *testing.T) {
 		{Interfaces: []InterfaceSpec{{Name: "xg3"}, {Name: "xg3"}}},
 		{Interfaces: []InterfaceSpec{{Name: "xg3", Mode: "offload"}}},
 		{Config: Config{Mode: 7, Ports: []uint16{11211}}},
+		{Interfaces: []InterfaceSpec{{Name: rigHostIf}}, Config: DefaultConfig(), SampleRate: MaxSampleRate + 1},
 	} {
 		r.do(t, func(g *Guard) error {
 			if _, err := g.Apply(want, ApplyOptions{Scope: applyEverything}); err == nil {

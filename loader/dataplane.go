@@ -130,7 +130,7 @@ func loadDataplane(m *Maps, stats, sampleStats *ebpf.Map, timeouts FragTimeouts)
 		repl[xdpguardMapXdpguardStats] = stats
 	}
 	if sampleStats != nil {
-		repl[xdpguardMapXdpguardSampleStats] = sampleStats
+		repl[xdpguardMapXdpguardSstats] = sampleStats
 	}
 	var objs xdpguardObjects
 	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: repl})
@@ -140,7 +140,7 @@ func loadDataplane(m *Maps, stats, sampleStats *ebpf.Map, timeouts FragTimeouts)
 	return &Dataplane{
 		XDP: objs.XdpguardXdp, TC: objs.XdpguardTc,
 		XDPL3: objs.XdpguardXdpL3, TCL3: objs.XdpguardTcL3,
-		Stats: objs.XdpguardStats, SampleStats: objs.XdpguardSampleStats,
+		Stats: objs.XdpguardStats, SampleStats: objs.XdpguardSstats,
 	}, nil
 }
 

@@ -165,9 +165,9 @@ func (g *Guard) openMaps(create bool) (m *Maps, created bool, err error) {
 		s.XdpguardAllow6: pinAllow6,
 		s.XdpguardFrags:  pinFrags,
 
-		s.XdpguardSamples:      pinSamples,
-		s.XdpguardSampleRate:   pinSampleRate,
-		s.XdpguardSampleBudget: pinSampleBudget,
+		s.XdpguardRing:   pinSamples,
+		s.XdpguardSrate:  pinSampleRate,
+		s.XdpguardTokens: pinSampleBudget,
 	}
 	// State attached by a release before sampling lacks these: they are
 	// made here, also on a read-only open (unpinned then), and their

@@ -95,9 +95,9 @@ func createMaps(s *xdpguardSpecs, open func(*ebpf.MapSpec) (*ebpf.Map, error)) (
 		{&m.Allow4, s.XdpguardAllow4},
 		{&m.Allow6, s.XdpguardAllow6},
 		{&m.Frags, s.XdpguardFrags},
-		{&m.Samples, s.XdpguardSamples},
-		{&m.SampleRateMap, s.XdpguardSampleRate},
-		{&m.SampleBudget, s.XdpguardSampleBudget},
+		{&m.Samples, s.XdpguardRing},
+		{&m.SampleRateMap, s.XdpguardSrate},
+		{&m.SampleBudget, s.XdpguardTokens},
 	} {
 		if open != nil {
 			if *p.dst, err = open(p.spec); err != nil {
@@ -132,9 +132,9 @@ func (m *Maps) replacements() map[string]*ebpf.Map {
 		xdpguardMapXdpguardAllow6: m.Allow6,
 		xdpguardMapXdpguardFrags:  m.Frags,
 
-		xdpguardMapXdpguardSamples:      m.Samples,
-		xdpguardMapXdpguardSampleRate:   m.SampleRateMap,
-		xdpguardMapXdpguardSampleBudget: m.SampleBudget,
+		xdpguardMapXdpguardRing:   m.Samples,
+		xdpguardMapXdpguardSrate:  m.SampleRateMap,
+		xdpguardMapXdpguardTokens: m.SampleBudget,
 	}
 }
 

@@ -103,22 +103,22 @@ type xdpguardSampleCount struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	xdpguardMapXdpguardAllow4       = "xdpguard_allow4"
-	xdpguardMapXdpguardAllow6       = "xdpguard_allow6"
-	xdpguardMapXdpguardConfig       = "xdpguard_config"
-	xdpguardMapXdpguardFrags        = "xdpguard_frags"
-	xdpguardMapXdpguardSampleBudget = "xdpguard_sample_budget"
-	xdpguardMapXdpguardSampleRate   = "xdpguard_sample_rate"
-	xdpguardMapXdpguardSampleStats  = "xdpguard_sample_stats"
-	xdpguardMapXdpguardSamples      = "xdpguard_samples"
-	xdpguardMapXdpguardStats        = "xdpguard_stats"
-	xdpguardProgXdpguardTc          = "xdpguard_tc"
-	xdpguardProgXdpguardTcL3        = "xdpguard_tc_l3"
-	xdpguardProgXdpguardXdp         = "xdpguard_xdp"
-	xdpguardProgXdpguardXdpL3       = "xdpguard_xdp_l3"
-	xdpguardVarIp6fragTimeNs        = "ip6frag_time_ns"
-	xdpguardVarIpfragTimeNs         = "ipfrag_time_ns"
-	xdpguardVarSampleNetns          = "sample_netns"
+	xdpguardMapXdpguardAllow4 = "xdpguard_allow4"
+	xdpguardMapXdpguardAllow6 = "xdpguard_allow6"
+	xdpguardMapXdpguardConfig = "xdpguard_config"
+	xdpguardMapXdpguardFrags  = "xdpguard_frags"
+	xdpguardMapXdpguardRing   = "xdpguard_ring"
+	xdpguardMapXdpguardSrate  = "xdpguard_srate"
+	xdpguardMapXdpguardSstats = "xdpguard_sstats"
+	xdpguardMapXdpguardStats  = "xdpguard_stats"
+	xdpguardMapXdpguardTokens = "xdpguard_tokens"
+	xdpguardProgXdpguardTc    = "xdpguard_tc"
+	xdpguardProgXdpguardTcL3  = "xdpguard_tc_l3"
+	xdpguardProgXdpguardXdp   = "xdpguard_xdp"
+	xdpguardProgXdpguardXdpL3 = "xdpguard_xdp_l3"
+	xdpguardVarIp6fragTimeNs  = "ip6frag_time_ns"
+	xdpguardVarIpfragTimeNs   = "ipfrag_time_ns"
+	xdpguardVarSampleNetns    = "sample_netns"
 )
 
 // loadXdpguard returns the embedded CollectionSpec for xdpguard.
@@ -173,15 +173,15 @@ type xdpguardProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpguardMapSpecs struct {
-	XdpguardAllow4       *ebpf.MapSpec `ebpf:"xdpguard_allow4"`
-	XdpguardAllow6       *ebpf.MapSpec `ebpf:"xdpguard_allow6"`
-	XdpguardConfig       *ebpf.MapSpec `ebpf:"xdpguard_config"`
-	XdpguardFrags        *ebpf.MapSpec `ebpf:"xdpguard_frags"`
-	XdpguardSampleBudget *ebpf.MapSpec `ebpf:"xdpguard_sample_budget"`
-	XdpguardSampleRate   *ebpf.MapSpec `ebpf:"xdpguard_sample_rate"`
-	XdpguardSampleStats  *ebpf.MapSpec `ebpf:"xdpguard_sample_stats"`
-	XdpguardSamples      *ebpf.MapSpec `ebpf:"xdpguard_samples"`
-	XdpguardStats        *ebpf.MapSpec `ebpf:"xdpguard_stats"`
+	XdpguardAllow4 *ebpf.MapSpec `ebpf:"xdpguard_allow4"`
+	XdpguardAllow6 *ebpf.MapSpec `ebpf:"xdpguard_allow6"`
+	XdpguardConfig *ebpf.MapSpec `ebpf:"xdpguard_config"`
+	XdpguardFrags  *ebpf.MapSpec `ebpf:"xdpguard_frags"`
+	XdpguardRing   *ebpf.MapSpec `ebpf:"xdpguard_ring"`
+	XdpguardSrate  *ebpf.MapSpec `ebpf:"xdpguard_srate"`
+	XdpguardSstats *ebpf.MapSpec `ebpf:"xdpguard_sstats"`
+	XdpguardStats  *ebpf.MapSpec `ebpf:"xdpguard_stats"`
+	XdpguardTokens *ebpf.MapSpec `ebpf:"xdpguard_tokens"`
 }
 
 // xdpguardVariableSpecs contains global variables before they are loaded into the kernel.
@@ -213,15 +213,15 @@ func (o *xdpguardObjects) Close() error {
 //
 // It can be passed to loadXdpguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpguardMaps struct {
-	XdpguardAllow4       *ebpf.Map `ebpf:"xdpguard_allow4"`
-	XdpguardAllow6       *ebpf.Map `ebpf:"xdpguard_allow6"`
-	XdpguardConfig       *ebpf.Map `ebpf:"xdpguard_config"`
-	XdpguardFrags        *ebpf.Map `ebpf:"xdpguard_frags"`
-	XdpguardSampleBudget *ebpf.Map `ebpf:"xdpguard_sample_budget"`
-	XdpguardSampleRate   *ebpf.Map `ebpf:"xdpguard_sample_rate"`
-	XdpguardSampleStats  *ebpf.Map `ebpf:"xdpguard_sample_stats"`
-	XdpguardSamples      *ebpf.Map `ebpf:"xdpguard_samples"`
-	XdpguardStats        *ebpf.Map `ebpf:"xdpguard_stats"`
+	XdpguardAllow4 *ebpf.Map `ebpf:"xdpguard_allow4"`
+	XdpguardAllow6 *ebpf.Map `ebpf:"xdpguard_allow6"`
+	XdpguardConfig *ebpf.Map `ebpf:"xdpguard_config"`
+	XdpguardFrags  *ebpf.Map `ebpf:"xdpguard_frags"`
+	XdpguardRing   *ebpf.Map `ebpf:"xdpguard_ring"`
+	XdpguardSrate  *ebpf.Map `ebpf:"xdpguard_srate"`
+	XdpguardSstats *ebpf.Map `ebpf:"xdpguard_sstats"`
+	XdpguardStats  *ebpf.Map `ebpf:"xdpguard_stats"`
+	XdpguardTokens *ebpf.Map `ebpf:"xdpguard_tokens"`
 }
 
 func (m *xdpguardMaps) Close() error {
@@ -230,11 +230,11 @@ func (m *xdpguardMaps) Close() error {
 		m.XdpguardAllow6,
 		m.XdpguardConfig,
 		m.XdpguardFrags,
-		m.XdpguardSampleBudget,
-		m.XdpguardSampleRate,
-		m.XdpguardSampleStats,
-		m.XdpguardSamples,
+		m.XdpguardRing,
+		m.XdpguardSrate,
+		m.XdpguardSstats,
 		m.XdpguardStats,
+		m.XdpguardTokens,
 	)
 }
 

@@ -71,14 +71,15 @@ rate is host-wide and takes effect at once. With no argument, prints it.`,
 			return err
 		}
 		defer g.Close()
-		old, err := g.Maps.SampleRate()
+		changes, err := g.Apply(loader.DesiredState{SampleRate: uint32(rate)},
+			loader.ApplyOptions{Scope: loader.ApplyScope{SampleRate: true}, Warn: c.warn})
 		if err != nil {
 			return err
 		}
-		if err := g.Maps.SetSampleRate(uint32(rate)); err != nil {
-			return err
+		if len(changes) == 0 {
+			fmt.Fprintf(c.stdout, "sampling: %d samples per second per CPU (unchanged)\n", rate)
 		}
-		fmt.Fprintf(c.stdout, "sampling: %d -> %d samples per second per CPU\n", old, rate)
+		printChanges(c, changes)
 		return nil
 	},
 }

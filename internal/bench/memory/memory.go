@@ -44,7 +44,9 @@ func Defaults() ([]Map, error) {
 	for _, x := range []struct {
 		m     *ebpf.Map
 		scope string
-	}{{m.Config, "host"}, {m.Allow4, "host"}, {m.Allow6, "host"}, {m.Frags, "host"}, {dp.Stats, "interface"}} {
+	}{{m.Config, "host"}, {m.Allow4, "host"}, {m.Allow6, "host"}, {m.Frags, "host"},
+		{m.Samples, "host"}, {m.SampleRateMap, "host"}, {m.SampleBudget, "host"},
+		{dp.Stats, "interface"}, {dp.SampleStats, "interface"}} {
 		info, err := x.m.Info()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("map info: %w", err))

@@ -16,7 +16,8 @@ func TestDefaults(t *testing.T) {
 	for _, m := range maps {
 		byName[m.Name] = m
 	}
-	for _, name := range []string{"xdpguard_config", "xdpguard_allow4", "xdpguard_allow6", "xdpguard_frags", "xdpguard_stats"} {
+	for _, name := range []string{"xdpguard_config", "xdpguard_allow4", "xdpguard_allow6", "xdpguard_frags", "xdpguard_stats",
+		"xdpguard_ring", "xdpguard_srate", "xdpguard_tokens", "xdpguard_sstats"} {
 		if _, ok := byName[name]; !ok {
 			t.Fatalf("no %s in %v", name, maps)
 		}
@@ -28,6 +29,9 @@ func TestDefaults(t *testing.T) {
 	}
 	if a := byName["xdpguard_allow4"]; a.Memlock != 0 {
 		t.Errorf("empty allow4 trie accounted %d bytes", a.Memlock)
+	}
+	if r := byName["xdpguard_ring"]; r.Memlock < 4<<20 || r.Scope != "host" {
+		t.Errorf("ring: %d bytes, scope %q, want its 4 MiB, shared", r.Memlock, r.Scope)
 	}
 	if s := byName["xdpguard_stats"]; !s.PerCPU || s.Scope != "interface" {
 		t.Errorf("stats: per CPU %v scope %q, want per CPU and interface", s.PerCPU, s.Scope)
