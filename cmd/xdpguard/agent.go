@@ -40,7 +40,10 @@ The pin path comes from the config's pin_path, not from --pin-path. An agent
 that finds pinned state adopts it, with no gap. SIGKILL leaves every
 interface protected; SIGTERM keeps protection too unless on_stop: detach.
 Under systemd (Type=notify) it reports READY, RELOADING and STOPPING. It
-serves /metrics, /healthz and /readyz on the config's metrics.listen.
+serves /metrics, /healthz and /readyz on the config's metrics.listen. When an
+interface's drops stay above the config's attacks.threshold_pps it logs
+"attack started" (rate, reasons, top sources from the drop samples),
+"attack ongoing" and "attack ended" (duration, packets, bytes, peak rate).
 
 --check-config FILE validates FILE and the allow-list files it names without
 touching the kernel, and exits 1 with every error (FILE:LINE: FIELD: ...).`,
@@ -77,11 +80,18 @@ func runAgent(c *cli, fs *pflag.FlagSet, args []string) error {
 	path, _ := fs.GetString("config")
 	nlbuf, _ := fs.GetInt("netlink-buffer")
 	state := metrics.NewAgentState()
-	a, err := agent.New(agent.Options{ConfigPath: path, Log: log, Notify: sdnotify.Notify, NetlinkBuffer: nlbuf, Observer: state})
+	opts := agent.Options{ConfigPath: path, Log: log, Notify: sdnotify.Notify, NetlinkBuffer: nlbuf, Observer: state}
+	a, err := agent.New(opts)
 	if err != nil {
 		return err
 	}
 	cfg := a.Config()
+	// Attack events name their top sources from the kernel's drop samples.
+	if samples, err := agent.NewRingSamples(cfg.PinPath); err != nil {
+		log.Warn("attack events go without top sources", "error", err)
+	} else {
+		a.SetSamples(samples)
+	}
 	if c.pinPath != loader.DefaultPinPath && c.pinPath != cfg.PinPath {
 		log.Warn("--pin-path and $"+pinPathEnv+" do not apply to the agent: it uses the config's pin_path", "pin_path", cfg.PinPath, "ignored", c.pinPath)
 	}
@@ -161,6 +171,11 @@ func checkConfig(w io.Writer, file string) error {
 	}
 	fmt.Fprintf(tw, "  metrics\t%s\n", metrics)
 	fmt.Fprintf(tw, "  on stop\t%s\n", cfg.OnStop)
+	if at := cfg.Attacks; at.ThresholdPPS == 0 {
+		fmt.Fprintf(tw, "  attacks\toff\n")
+	} else {
+		fmt.Fprintf(tw, "  attacks\tat %d drops/s for %s, ended after %s below, updates every %s\n", at.ThresholdPPS, at.MinDuration, at.QuietPeriod, at.UpdateEvery)
+	}
 	return tw.Flush()
 }
 

@@ -15,7 +15,8 @@ func TestAgentCheckConfig(t *testing.T) {
 	}
 	code, out, stderr := runCLI("agent", "--check-config", good)
 	if code != exitOK || !strings.Contains(out, good+": valid") || !strings.Contains(out, "53,11211") ||
-		!strings.Contains(out, "egress via auto") || !strings.Contains(out, "1 prefixes (1 inline, 0 files)") {
+		!strings.Contains(out, "egress via auto") || !strings.Contains(out, "1 prefixes (1 inline, 0 files)") ||
+		!strings.Contains(out, "at 1000 drops/s for 2s, ended after 10s below, updates every 10s") {
 		t.Fatalf("valid config: exit %d\n%s%s", code, out, stderr)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "never")); !os.IsNotExist(err) {

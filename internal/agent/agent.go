@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/xdpguard/xdpguard/internal/agent/config"
@@ -57,6 +58,8 @@ type Options struct {
 	// (0: a default big enough for thousands of links at once). An
 	// overrun is survived (resubscribe, resync) but costs a full pass.
 	NetlinkBuffer int
+	// Samples, if set, names the top sources in attack events.
+	Samples SampleSource
 }
 
 // Timing of reconciles.
@@ -101,6 +104,10 @@ type Agent struct {
 	retry                        time.Duration
 	configErr                    string // the last config load's error, logged once
 	lastApplyErr                 string // the last whole Apply's error, logged once
+
+	// attackCfg is the attack thresholds in force, for the attack
+	// monitor's goroutine.
+	attackCfg atomic.Pointer[config.Attacks]
 
 	mu     sync.Mutex
 	status Status
@@ -154,6 +161,7 @@ func New(opts Options) (*Agent, error) {
 		a.obs = nopObserver{}
 	}
 	a.status.ConfigPath = cfg.Path
+	a.attackCfg.Store(&cfg.Attacks)
 	return a, nil
 }
 
@@ -162,6 +170,10 @@ type nopObserver struct{}
 func (nopObserver) ConfigLoaded(error)       {}
 func (nopObserver) Reconciled(string, error) {}
 func (nopObserver) SetInterfaces(int, int)   {}
+
+// SetSamples makes attack events name their top sources from s; call it
+// before Run.
+func (a *Agent) SetSamples(s SampleSource) { a.opts.Samples = s }
 
 // Config is the config in force.
 func (a *Agent) Config() *config.Config { return a.cfg }
@@ -248,6 +260,9 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	if err := a.reconcile(true, "agent start"); errors.Is(err, errFatal) {
 		return err
 	}
+	attacksDone := make(chan struct{})
+	go func() { defer close(attacksDone); a.runAttacks(linkCtx, a.cfg.PinPath) }()
+	defer func() { stopLinks(); <-attacksDone }()
 	a.notify(sdnotify.Ready + "\n" + a.statusLine())
 
 	var resync <-chan time.Time
@@ -372,6 +387,7 @@ func (a *Agent) reloadConfig(why string, force bool) bool {
 		a.log.Info("config changed", "file", cfg.Path, "why", why)
 	}
 	a.cfg = cfg
+	a.attackCfg.Store(&cfg.Attacks)
 	a.watchFiles()
 	a.reconcile(true, "config "+reloadWord(force)+": "+why)
 	return true

@@ -17,6 +17,8 @@ type AgentState struct {
 	lastReloadOK    prometheus.Gauge
 	wanted          prometheus.Gauge
 	protected       prometheus.Gauge
+	attackActive    *prometheus.GaugeVec
+	attacks         *prometheus.CounterVec
 	now             func() time.Time
 }
 
@@ -38,8 +40,25 @@ func NewAgentState() *AgentState {
 		protected: prometheus.NewGauge(prometheus.GaugeOpts{Name: IfacesProtected,
 			Help: "Wanted interfaces the last reconcile left with xdpguard attached as configured; " +
 				"below xdpguard_interfaces_wanted means some are unprotected."}),
+		attackActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: AttackActive,
+			Help: "1 while the agent reports an attack on the interface (from its \"attack started\" to its \"attack ended\" log line: " +
+				"drops at or above attacks.threshold_pps for attacks.min_duration, until below it for attacks.quiet_period), else 0. " +
+				"Absent for an interface that has had no attack since the agent started."}, []string{"interface"}),
+		attacks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: AttacksTotal,
+			Help: "Attacks the agent reported on the interface since it started (\"attack started\" log lines)."}, []string{"interface"}),
 		now: time.Now,
 	}
+}
+
+// AttackStarted records the start of an attack on iface.
+func (s *AgentState) AttackStarted(iface string) {
+	s.attackActive.WithLabelValues(iface).Set(1)
+	s.attacks.WithLabelValues(iface).Inc()
+}
+
+// AttackEnded records the end of an attack on iface.
+func (s *AgentState) AttackEnded(iface string) {
+	s.attackActive.WithLabelValues(iface).Set(0)
 }
 
 // Reconciled counts one finished reconcile run; err is its outcome. The
@@ -71,7 +90,7 @@ func (s *AgentState) SetInterfaces(wanted, protected int) {
 }
 
 func (s *AgentState) collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.reconciles, s.reconcileErrors, s.configValid, s.lastReloadOK, s.wanted, s.protected}
+	return []prometheus.Collector{s.reconciles, s.reconcileErrors, s.configValid, s.lastReloadOK, s.wanted, s.protected, s.attackActive, s.attacks}
 }
 
 // Describe sends the descriptions of the agent's series.

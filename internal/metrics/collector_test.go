@@ -266,6 +266,25 @@ xdpguard_interfaces_wanted 3
 xdpguard_reconcile_errors_total 1
 xdpguard_reconcile_total 2
 `)
+	// Attacks: one on eth0 that ended, one on eth1 still going, a second
+	// on eth0 that ended too.
+	s.AttackStarted("eth0")
+	s.AttackStarted("eth1")
+	s.AttackEnded("eth0")
+	s.AttackStarted("eth0")
+	s.AttackEnded("eth0")
+	want(`
+xdpguard_attack_active{interface="eth0"} 0
+xdpguard_attack_active{interface="eth1"} 1
+xdpguard_attacks_total{interface="eth0"} 2
+xdpguard_attacks_total{interface="eth1"} 1
+xdpguard_config_last_reload_success_timestamp_seconds 1.7958564005e+09
+xdpguard_config_valid 0
+xdpguard_interfaces_protected 3
+xdpguard_interfaces_wanted 3
+xdpguard_reconcile_errors_total 1
+xdpguard_reconcile_total 2
+`)
 }
 
 func compareSamplesOf(t *testing.T, c prometheus.Collector, want string) error {

@@ -35,6 +35,8 @@ const (
 	ConfigReloadOK  = "xdpguard_config_last_reload_success_timestamp_seconds"
 	IfacesWanted    = "xdpguard_interfaces_wanted"
 	IfacesProtected = "xdpguard_interfaces_protected"
+	AttackActive    = "xdpguard_attack_active"
+	AttacksTotal    = "xdpguard_attacks_total"
 	SamplesTotal    = "xdpguard_samples_total"
 	SamplesSuppr    = "xdpguard_samples_suppressed_total"
 )

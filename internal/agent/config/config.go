@@ -80,6 +80,8 @@ type Config struct {
 	MetricsListen  string
 	OnStop         OnStop
 	ResyncInterval time.Duration // 0: no periodic resync
+	// Attacks are the thresholds of the agent's attack events.
+	Attacks Attacks
 	// Digest is a SHA-256 over the config file's and every allow-list
 	// file's contents: equal digests, nothing to reload.
 	Digest [sha256.Size]byte
@@ -95,6 +97,34 @@ type Interfaces struct {
 	// Force replaces an XDP program that is not xdpguard's.
 	Force bool
 }
+
+// Attacks configures attack events: the agent logs "attack started" when an
+// interface's drop rate stays at or above ThresholdPPS for MinDuration,
+// "attack ongoing" at most every UpdateEvery, and "attack ended" once the
+// rate has stayed below the threshold for QuietPeriod.
+type Attacks struct {
+	// ThresholdPPS is the drop rate, in packets per second summed over
+	// the drop reasons (and would_drop in monitor mode) and both hooks,
+	// at which an attack starts; 0 turns attack events off.
+	ThresholdPPS uint64
+	// MinDuration is how long the rate must stay at or above the
+	// threshold before the attack is announced (0: at the first second).
+	MinDuration time.Duration
+	// QuietPeriod is how long the rate must stay below the threshold
+	// before the attack is declared over.
+	QuietPeriod time.Duration
+	// UpdateEvery is the least time between two "attack ongoing" lines
+	// (0: none).
+	UpdateEvery time.Duration
+}
+
+// Defaults of the attacks keys.
+const (
+	DefaultAttackThresholdPPS = 1000
+	DefaultAttackMinDuration  = 2 * time.Second
+	DefaultAttackQuietPeriod  = 10 * time.Second
+	DefaultAttackUpdateEvery  = 10 * time.Second
+)
 
 // Allow is the allow list: trusted peers that use a protected port.
 type Allow struct {
@@ -173,6 +203,12 @@ func Parse(file string, data []byte) (*Config, error) {
 		MetricsListen:  DefaultMetricsListen,
 		OnStop:         OnStopKeep,
 		ResyncInterval: DefaultResyncInterval,
+		Attacks: Attacks{
+			ThresholdPPS: DefaultAttackThresholdPPS,
+			MinDuration:  DefaultAttackMinDuration,
+			QuietPeriod:  DefaultAttackQuietPeriod,
+			UpdateEvery:  DefaultAttackUpdateEvery,
+		},
 	}
 	sawInclude := false
 	p.mapping(root, "", map[string]func(*yaml.Node, string){
@@ -208,6 +244,20 @@ func Parse(file string, data []byte) (*Config, error) {
 		},
 		"on_stop":         func(n *yaml.Node, f string) { c.OnStop = parseWith(p, n, f, parseOnStop) },
 		"resync_interval": func(n *yaml.Node, f string) { c.ResyncInterval = p.duration(n, f) },
+		"attacks": func(n *yaml.Node, f string) {
+			p.mapping(n, f, map[string]func(*yaml.Node, string){
+				"threshold_pps": func(n *yaml.Node, f string) { c.Attacks.ThresholdPPS = p.rate(n, f) },
+				"min_duration":  func(n *yaml.Node, f string) { c.Attacks.MinDuration = p.duration(n, f) },
+				"quiet_period": func(n *yaml.Node, f string) {
+					before := len(p.errs)
+					c.Attacks.QuietPeriod = p.duration(n, f)
+					if c.Attacks.QuietPeriod == 0 && len(p.errs) == before {
+						p.add(n, f, `0 would end an attack at its first quiet second and start it again at the next burst: give at least "1s", e.g. "10s"`)
+					}
+				},
+				"update_every": func(n *yaml.Node, f string) { c.Attacks.UpdateEvery = p.duration(n, f) },
+			})
+		},
 	})
 	if !sawInclude && root.Kind == yaml.MappingNode {
 		p.add(root, "interfaces.include", `missing: name the interfaces to protect, e.g. include: ["eth*"], or ["*"] for every interface`)
@@ -620,6 +670,20 @@ func (p *parser) listen(n *yaml.Node, field string) string {
 		}
 	}
 	return s
+}
+
+// rate parses a rate in packets per second: a whole number, 0 for off.
+func (p *parser) rate(n *yaml.Node, field string) uint64 {
+	s, ok := p.scalar(n, field, "packets per second, e.g. 1000 (0 turns attack events off)")
+	if !ok {
+		return 0
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		p.add(n, field, "%q is not a whole number of packets per second: write e.g. 1000, or 0 to turn attack events off", s)
+		return 0
+	}
+	return v
 }
 
 func (p *parser) duration(n *yaml.Node, field string) time.Duration {

@@ -51,6 +51,11 @@ metrics:
   listen: "[::1]:9999"
 on_stop: detach
 resync_interval: 30s
+attacks:
+  threshold_pps: 250
+  min_duration: 1s
+  quiet_period: 1m
+  update_every: 5s
 `, map[string]string{"peers.txt": "# peers\n203.0.113.0/24\n192.0.2.0/24\n", "more.txt": "2001:db8:1::/48\n"})
 	dir := filepath.Dir(path)
 	// An absolute path given in the file: point it at the temp dir.
@@ -86,6 +91,7 @@ resync_interval: 30s
 		MetricsListen:  "[::1]:9999",
 		OnStop:         OnStopDetach,
 		ResyncInterval: 30 * time.Second,
+		Attacks:        Attacks{ThresholdPPS: 250, MinDuration: time.Second, QuietPeriod: time.Minute, UpdateEvery: 5 * time.Second},
 	}
 	want.Digest = c.Digest // TestDigest checks it
 	if !reflect.DeepEqual(c, want) {
@@ -108,7 +114,8 @@ func TestLoadDefaults(t *testing.T) {
 		c.Interfaces.TCBackend != loader.TCAuto || c.Interfaces.Force || len(c.Interfaces.Exclude) != 0 ||
 		!reflect.DeepEqual(c.Ports, []uint16{loader.DefaultPort}) || c.Mode != loader.ModeEnforce ||
 		c.Fragments != loader.FragTrack || len(c.Allow.All) != 0 || c.MetricsListen != DefaultMetricsListen ||
-		c.OnStop != OnStopKeep || c.ResyncInterval != DefaultResyncInterval {
+		c.OnStop != OnStopKeep || c.ResyncInterval != DefaultResyncInterval ||
+		c.Attacks != (Attacks{ThresholdPPS: 1000, MinDuration: 2 * time.Second, QuietPeriod: 10 * time.Second, UpdateEvery: 10 * time.Second}) {
 		t.Fatalf("defaults: %+v", c)
 	}
 	c, err = Load(write(t, "interfaces:\n  include: []\nmetrics:\n  listen: \"\"\nresync_interval: 0\n", nil))
@@ -117,6 +124,13 @@ func TestLoadDefaults(t *testing.T) {
 	}
 	if c.MetricsListen != "" || c.ResyncInterval != 0 || len(c.Interfaces.Include) != 0 {
 		t.Fatalf(`listen "" and resync 0 turn them off: %+v`, c)
+	}
+	c, err = Load(write(t, "interfaces:\n  include: [eth0]\nattacks:\n  threshold_pps: 0\n  min_duration: 0\n  quiet_period: 3s\n  update_every: 0\n", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Attacks != (Attacks{QuietPeriod: 3 * time.Second}) {
+		t.Fatalf("attacks: threshold 0, min_duration 0, update_every 0: %+v", c.Attacks)
 	}
 }
 
@@ -131,7 +145,7 @@ func TestErrorsNameFileLineField(t *testing.T) {
 	}{
 		{"unknown top key", "interfaces:\n  include: [eth0]\nport: [1]\n", 3, "port", "did you mean ports?"},
 		{"unknown nested key", "interfaces:\n  include: [eth0]\n  xdp-mode: native\n", 3, "interfaces.xdp-mode", "did you mean interfaces.xdp_mode?"},
-		{"unknown key far off", "interfaces:\n  include: [eth0]\nfrobnicate: 1\n", 3, "frobnicate", "known here: allow, fragments, interfaces"},
+		{"unknown key far off", "interfaces:\n  include: [eth0]\nfrobnicate: 1\n", 3, "frobnicate", "known here: allow, attacks, fragments, interfaces"},
 		{"duplicate key", "interfaces:\n  include: [eth0]\nmode: enforce\nmode: monitor\n", 4, "mode", "given twice (first on line 3)"},
 		{"missing include", "ports: [11211]\n", 1, "interfaces.include", "missing"},
 		{"bad port", "interfaces:\n  include: [eth0]\nports:\n  - 11211\n  - 70000\n", 5, "ports[1]", `invalid port "70000"`},
@@ -155,6 +169,11 @@ func TestErrorsNameFileLineField(t *testing.T) {
 		{"bad listen", "interfaces:\n  include: [eth0]\nmetrics:\n  listen: 9477\n", 4, "metrics.listen", "not HOST:PORT"},
 		{"bad listen port", "interfaces:\n  include: [eth0]\nmetrics:\n  listen: \"127.0.0.1:99999\"\n", 4, "metrics.listen", `port "99999"`},
 		{"bad duration", "interfaces:\n  include: [eth0]\nresync_interval: soon\n", 3, "resync_interval", "not a duration"},
+		{"attack threshold a word", "interfaces:\n  include: [eth0]\nattacks:\n  threshold_pps: lots\n", 4, "attacks.threshold_pps", "not a whole number"},
+		{"attack threshold negative", "interfaces:\n  include: [eth0]\nattacks:\n  threshold_pps: -5\n", 4, "attacks.threshold_pps", "not a whole number"},
+		{"attack quiet 0", "interfaces:\n  include: [eth0]\nattacks:\n  quiet_period: 0\n", 4, "attacks.quiet_period", `at least "1s"`},
+		{"attack update too often", "interfaces:\n  include: [eth0]\nattacks:\n  update_every: 100ms\n", 4, "attacks.update_every", "too often"},
+		{"attack unknown key", "interfaces:\n  include: [eth0]\nattacks:\n  threshold: 5\n", 4, "attacks.threshold", "known here: min_duration, quiet_period, threshold_pps, update_every"},
 		{"interfaces a list", "interfaces: [eth0]\n", 1, "interfaces", "must be a mapping"},
 		{"null value", "interfaces:\n  include: [eth0]\nmode:\n", 3, "mode", "needs a value"},
 	} {
@@ -278,7 +297,8 @@ func TestShippedExample(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, key := range []string{"pin_path:", "include:", "exclude:", "xdp_mode:", "egress:", "tc_backend:", "force:",
-		"ports:", "mode:", "fragments:", "prefixes:", "files:", "listen:", "on_stop:", "resync_interval:"} {
+		"ports:", "mode:", "fragments:", "prefixes:", "files:", "listen:", "on_stop:", "resync_interval:",
+		"threshold_pps:", "min_duration:", "quiet_period:", "update_every:"} {
 		if !strings.Contains(string(body), "\n"+key) && !strings.Contains(string(body), " "+key) {
 			t.Errorf("example lacks %s", key)
 		}
