@@ -32,13 +32,13 @@ kernels=("$@")
 ((${#kernels[@]})) || kernels=(5.10 6.1 6.12)
 
 # The packages whose tests load programs into the kernel: the data plane
-# table tests and loader lifecycle, the CLI, end to end in namespaces, and
-# the agent's once it exists. The pure-Go packages behave the same on every
-# kernel and stay with `make test`.
+# table tests and loader lifecycle, the CLI, end to end in namespaces. The
+# pure-Go packages behave the same on every kernel and stay with `make test`.
+# The agent's package is not among them: its tests hold the agent to real
+# time (a new interface protected within 1 s of coming up), which a guest
+# emulated 13-30 times slower cannot meet; VMTEST_PKGS=./internal/agent runs
+# it anyway (docs/vmtest.md).
 default_pkgs=(./loader ./cmd/xdpguard ./internal/e2e)
-for d in "$root"/internal/agent "$root"/cmd/xdpguard-agent "$root"/cmd/xdpguardd; do
-	compgen -G "$d/*_test.go" >/dev/null && default_pkgs+=("./${d#"$root"/}")
-done
 read -r -a pkgs <<<"${VMTEST_PKGS:-${default_pkgs[*]}}"
 
 die() { echo "vmtest: $*" >&2; exit 2; }
