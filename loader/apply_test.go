@@ -23,7 +23,7 @@ type applySnapshot struct {
 	Active6  bool
 	Attached []InterfaceSpec
 	XG1Prog  uint32 // the XDP program on xg1: an upgrade rolled back restores it
-	XG1TCX   int
+	XG1Egress   int
 }
 
 func (r *rig) snapshot(t *testing.T) applySnapshot {
@@ -46,7 +46,7 @@ func (r *rig) snapshot(t *testing.T) applySnapshot {
 		return err
 	})
 	s.XG1Prog = r.xdpProgID(t)
-	s.XG1TCX = r.tcxCount(t)
+	s.XG1Egress = r.egressCount(t)
 	return s
 }
 
@@ -145,7 +145,7 @@ func TestApplyChangesThenNothing(t *testing.T) {
 		{What: "mode", Detail: "enforce -> monitor"},
 		{What: "fragments", Detail: "track -> strict"},
 		{What: "ports", Detail: "11211 -> 53,11211"},
-		{Interface: rigHostIf, What: "egress added", Detail: "tcx"},
+		{Interface: rigHostIf, What: "egress added", Detail: string(kernelEgress(t))},
 		{Interface: "xg3", What: "attached", Detail: "xdp native, no egress"},
 		{Interface: "xg5", What: "detached"},
 	}
@@ -155,7 +155,7 @@ func TestApplyChangesThenNothing(t *testing.T) {
 		t.Fatalf("changes:\n got %v\nwant %v", first, want)
 	}
 	s := r.snapshot(t)
-	if s.V4 != 2 || s.V6 != 0 || !s.Active4 || s.Active6 || len(s.Attached) != 2 || s.XG1TCX != 1 {
+	if s.V4 != 2 || s.V6 != 0 || !s.Active4 || s.Active6 || len(s.Attached) != 2 || s.XG1Egress != 1 {
 		t.Fatalf("after Apply: %s", s)
 	}
 	r.do(t, func(g *Guard) (err error) {
