@@ -16,14 +16,14 @@ import (
 
 // applySnapshot is what an Apply may change, read back from the kernel.
 type applySnapshot struct {
-	Config   Config
-	Allow    []netip.Prefix
-	V4, V6   int
-	Active4  bool
-	Active6  bool
-	Attached []InterfaceSpec
-	XG1Prog  uint32 // the XDP program on xg1: an upgrade rolled back restores it
-	XG1Egress   int
+	Config    Config
+	Allow     []netip.Prefix
+	V4, V6    int
+	Active4   bool
+	Active6   bool
+	Attached  []InterfaceSpec
+	XG1Prog   uint32 // the XDP program on xg1: an upgrade rolled back restores it
+	XG1Egress int
 }
 
 func (r *rig) snapshot(t *testing.T) applySnapshot {
