@@ -418,10 +418,17 @@ func TestDetachEverywhere(t *testing.T) {
 
 // TestUpgradeOfTheEgressProgramAlone: an attached interface whose egress
 // program differs from this binary's (an upgrade that changed only the TC
-// program) is upgraded, not left "unchanged".
+// program) is upgraded, not left "unchanged", with each egress backend the
+// kernel can hold.
 func TestUpgradeOfTheEgressProgramAlone(t *testing.T) {
+	for _, backend := range egressBackends(t) {
+		t.Run(string(backend), func(t *testing.T) { testUpgradeOfTheEgressProgramAlone(t, backend) })
+	}
+}
+
+func testUpgradeOfTheEgressProgramAlone(t *testing.T, backend TCBackend) {
 	r := newRig(t)
-	r.attach(t, AttachOptions{Egress: true})
+	r.attach(t, AttachOptions{Egress: true, TCBackend: backend})
 	other, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: "xdpguard_tc", Type: ebpf.SchedCLS, License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
@@ -432,11 +439,14 @@ func TestUpgradeOfTheEgressProgramAlone(t *testing.T) {
 	defer other.Close()
 	otherInfo, _ := other.Info()
 	otherID, _ := otherInfo.ID()
-	tcProgOnLink := func() ebpf.ProgramID {
+	// withEgress runs fn with xg1's attachment and link, in its namespace.
+	withEgress := func(fn func(a *attachment, l netlink.Link) error) {
 		t.Helper()
-		var id ebpf.ProgramID
 		r.do(t, func(g *Guard) error {
-			ns, _ := CurrentNetns()
+			ns, err := CurrentNetns()
+			if err != nil {
+				return err
+			}
 			l, err := netlink.LinkByName(rigHostIf)
 			if err != nil {
 				return err
@@ -446,6 +456,21 @@ func TestUpgradeOfTheEgressProgramAlone(t *testing.T) {
 				return err
 			}
 			defer a.close()
+			if a.egress() != string(backend) {
+				return fmt.Errorf("xg1's egress is %q, want %s", a.egress(), backend)
+			}
+			return fn(a, l)
+		})
+	}
+	tcProgOnLink := func() ebpf.ProgramID {
+		t.Helper()
+		var id ebpf.ProgramID
+		withEgress(func(a *attachment, l netlink.Link) error {
+			if a.legacy {
+				var err error
+				id, err = legacyProgramID(l)
+				return err
+			}
 			info, err := a.tc.Info()
 			if err == nil {
 				id = info.Program
@@ -454,26 +479,19 @@ func TestUpgradeOfTheEgressProgramAlone(t *testing.T) {
 		})
 		return id
 	}
-	r.do(t, func(g *Guard) error {
-		ns, _ := CurrentNetns()
-		l, err := netlink.LinkByName(rigHostIf)
-		if err != nil {
-			return err
+	withEgress(func(a *attachment, l netlink.Link) error {
+		if a.legacy {
+			return netlink.FilterReplace(legacyFilter(l.Attrs().Index, other.FD()))
 		}
-		a, err := loadAttachment(g.ifaceDir(ns, l.Attrs().Index), l.Attrs().Index)
-		if err != nil {
-			return err
-		}
-		defer a.close()
 		return a.tc.Update(other)
 	})
 	if tcProgOnLink() != otherID {
 		t.Fatal("the test could not put another egress program in place")
 	}
-	if res := r.attach(t, AttachOptions{Egress: true}); res.Action != "replaced" {
-		t.Fatalf("attach over another egress program: %+v, want replaced", res)
+	if res := r.attach(t, AttachOptions{Egress: true}); res.Action != "replaced" || res.Egress != string(backend) {
+		t.Fatalf("attach over another egress program: %+v, want replaced, egress %s kept", res, backend)
 	}
-	if tcProgOnLink() == otherID {
-		t.Fatal("the other egress program is still attached")
+	if id := tcProgOnLink(); id == otherID || id == 0 {
+		t.Fatalf("egress program %d after the upgrade; want a new one, not the other (%d)", id, otherID)
 	}
 }
