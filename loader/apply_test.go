@@ -65,13 +65,28 @@ func mustPrefixes(ss ...string) []netip.Prefix {
 
 // applyRig is a rig with xg1 attached, xg5 attached (to be pruned), xg3 not
 // attached, an allow list of one prefix per family, and the default config.
-func applyRig(t *testing.T) *rig {
+func applyRig(t *testing.T) *rig { return applyRigWith(t, "") }
+
+// withBackend is d with backend asked for on every interface with egress
+// ("" leaves the choice to the kernel's features).
+func withBackend(d DesiredState, backend TCBackend) DesiredState {
+	d.Interfaces = slices.Clone(d.Interfaces)
+	for i := range d.Interfaces {
+		if d.Interfaces[i].Egress {
+			d.Interfaces[i].TCBackend = backend
+		}
+	}
+	return d
+}
+
+// applyRigWith is applyRig with xg5's egress through backend.
+func applyRigWith(t *testing.T, backend TCBackend) *rig {
 	r := newRig(t)
 	nstest.Veth(t, r.peer, "xg2", r.host, "xg3", 0)
 	nstest.Veth(t, r.peer, "xg4", r.host, "xg5", 0)
 	r.do(t, func(g *Guard) error {
 		_, err := g.Apply(DesiredState{
-			Interfaces: []InterfaceSpec{{Name: rigHostIf}, {Name: "xg5", Egress: true}},
+			Interfaces: []InterfaceSpec{{Name: rigHostIf}, {Name: "xg5", Egress: true, TCBackend: backend}},
 			Config:     DefaultConfig(),
 			Allow:      mustPrefixes("203.0.113.0/24", "2001:db8::/48"),
 		}, ApplyOptions{Scope: ApplyScope{Interfaces: true, Config: true, Allow: true}})
@@ -93,15 +108,23 @@ var applyEverything = ApplyScope{Interfaces: true, PruneInterfaces: true, Config
 // TestApplyRollsBackAtEveryStep fails one whole Apply at each step in turn:
 // whatever it had changed by then is taken back, and the kernel holds what it
 // held before, program for program.
+// With each egress backend the kernel can hold (legacy forced where it has
+// tcx too): a legacy rollback once left tc_legacy/ behind its filter.
 func TestApplyRollsBackAtEveryStep(t *testing.T) {
+	for _, backend := range egressBackends(t) {
+		t.Run(string(backend), func(t *testing.T) { testApplyRollsBackAtEveryStep(t, backend) })
+	}
+}
+
+func testApplyRollsBackAtEveryStep(t *testing.T, backend TCBackend) {
 	for _, step := range []string{"allow-add", "config", "replace-xdp", "replace-tc", "tc", "stats", "xdp", "done", "allow-del", "detach", "egress-remove", "end"} {
 		t.Run(step, func(t *testing.T) {
-			r := applyRig(t)
+			r := applyRigWith(t, backend)
 			before := r.snapshot(t)
 			injected := errors.New("injected failure at " + step)
 			hit := false
 			r.do(t, func(g *Guard) error {
-				want := applyWant
+				want := withBackend(applyWant, backend)
 				if step == "egress-remove" {
 					// Egress off on xg5, kept: its removal is the step.
 					want.Interfaces = append(slices.Clone(want.Interfaces), InterfaceSpec{Name: "xg5"})
