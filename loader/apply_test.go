@@ -16,15 +16,15 @@ import (
 
 // applySnapshot is what an Apply may change, read back from the kernel.
 type applySnapshot struct {
-	Config   Config
-	Allow    []netip.Prefix
-	V4, V6   int
-	Active4  bool
-	Active6  bool
-	Attached []InterfaceSpec
-	XG1Prog  uint32 // the XDP program on xg1: an upgrade rolled back restores it
-	XG1TCX   int
-	Sampling uint32
+	Config    Config
+	Allow     []netip.Prefix
+	V4, V6    int
+	Active4   bool
+	Active6   bool
+	Attached  []InterfaceSpec
+	XG1Prog   uint32 // the XDP program on xg1: an upgrade rolled back restores it
+	XG1Egress int
+	Sampling  uint32
 }
 
 func (r *rig) snapshot(t *testing.T) applySnapshot {
@@ -50,7 +50,7 @@ func (r *rig) snapshot(t *testing.T) applySnapshot {
 		return err
 	})
 	s.XG1Prog = r.xdpProgID(t)
-	s.XG1TCX = r.tcxCount(t)
+	s.XG1Egress = r.egressCount(t)
 	return s
 }
 
@@ -69,13 +69,28 @@ func mustPrefixes(ss ...string) []netip.Prefix {
 
 // applyRig is a rig with xg1 attached, xg5 attached (to be pruned), xg3 not
 // attached, an allow list of one prefix per family, and the default config.
-func applyRig(t *testing.T) *rig {
+func applyRig(t *testing.T) *rig { return applyRigWith(t, "") }
+
+// withBackend is d with backend asked for on every interface with egress
+// ("" leaves the choice to the kernel's features).
+func withBackend(d DesiredState, backend TCBackend) DesiredState {
+	d.Interfaces = slices.Clone(d.Interfaces)
+	for i := range d.Interfaces {
+		if d.Interfaces[i].Egress {
+			d.Interfaces[i].TCBackend = backend
+		}
+	}
+	return d
+}
+
+// applyRigWith is applyRig with xg5's egress through backend.
+func applyRigWith(t *testing.T, backend TCBackend) *rig {
 	r := newRig(t)
 	nstest.Veth(t, r.peer, "xg2", r.host, "xg3", 0)
 	nstest.Veth(t, r.peer, "xg4", r.host, "xg5", 0)
 	r.do(t, func(g *Guard) error {
 		_, err := g.Apply(DesiredState{
-			Interfaces: []InterfaceSpec{{Name: rigHostIf}, {Name: "xg5", Egress: true}},
+			Interfaces: []InterfaceSpec{{Name: rigHostIf}, {Name: "xg5", Egress: true, TCBackend: backend}},
 			Config:     DefaultConfig(),
 			Allow:      mustPrefixes("203.0.113.0/24", "2001:db8::/48"),
 		}, ApplyOptions{Scope: ApplyScope{Interfaces: true, Config: true, Allow: true}})
@@ -98,15 +113,23 @@ var applyEverything = ApplyScope{Interfaces: true, PruneInterfaces: true, Config
 // TestApplyRollsBackAtEveryStep fails one whole Apply at each step in turn:
 // whatever it had changed by then is taken back, and the kernel holds what it
 // held before, program for program.
+// With each egress backend the kernel can hold (legacy forced where it has
+// tcx too): a legacy rollback once left tc_legacy/ behind its filter.
 func TestApplyRollsBackAtEveryStep(t *testing.T) {
+	for _, backend := range egressBackends(t) {
+		t.Run(string(backend), func(t *testing.T) { testApplyRollsBackAtEveryStep(t, backend) })
+	}
+}
+
+func testApplyRollsBackAtEveryStep(t *testing.T, backend TCBackend) {
 	for _, step := range []string{"allow-add", "config", "sampling", "replace-xdp", "replace-tc", "tc", "stats", "xdp", "done", "allow-del", "detach", "egress-remove", "end"} {
 		t.Run(step, func(t *testing.T) {
-			r := applyRig(t)
+			r := applyRigWith(t, backend)
 			before := r.snapshot(t)
 			injected := errors.New("injected failure at " + step)
 			hit := false
 			r.do(t, func(g *Guard) error {
-				want := applyWant
+				want := withBackend(applyWant, backend)
 				if step == "egress-remove" {
 					// Egress off on xg5, kept: its removal is the step.
 					want.Interfaces = append(slices.Clone(want.Interfaces), InterfaceSpec{Name: "xg5"})
@@ -151,7 +174,7 @@ func TestApplyChangesThenNothing(t *testing.T) {
 		{What: "fragments", Detail: "track -> strict"},
 		{What: "ports", Detail: "11211 -> 53,11211"},
 		{What: "sampling", Detail: "256 -> 100 per second per CPU"},
-		{Interface: rigHostIf, What: "egress added", Detail: "tcx"},
+		{Interface: rigHostIf, What: "egress added", Detail: string(kernelEgress(t))},
 		{Interface: "xg3", What: "attached", Detail: "xdp native, no egress"},
 		{Interface: "xg5", What: "detached"},
 	}
@@ -161,7 +184,7 @@ func TestApplyChangesThenNothing(t *testing.T) {
 		t.Fatalf("changes:\n got %v\nwant %v", first, want)
 	}
 	s := r.snapshot(t)
-	if s.V4 != 2 || s.V6 != 0 || !s.Active4 || s.Active6 || len(s.Attached) != 2 || s.XG1TCX != 1 || s.Sampling != 100 {
+	if s.V4 != 2 || s.V6 != 0 || !s.Active4 || s.Active6 || len(s.Attached) != 2 || s.XG1Egress != 1 || s.Sampling != 100 {
 		t.Fatalf("after Apply: %s", s)
 	}
 	r.do(t, func(g *Guard) (err error) {
@@ -425,10 +448,17 @@ func TestDetachEverywhere(t *testing.T) {
 
 // TestUpgradeOfTheEgressProgramAlone: an attached interface whose egress
 // program differs from this binary's (an upgrade that changed only the TC
-// program) is upgraded, not left "unchanged".
+// program) is upgraded, not left "unchanged", with each egress backend the
+// kernel can hold.
 func TestUpgradeOfTheEgressProgramAlone(t *testing.T) {
+	for _, backend := range egressBackends(t) {
+		t.Run(string(backend), func(t *testing.T) { testUpgradeOfTheEgressProgramAlone(t, backend) })
+	}
+}
+
+func testUpgradeOfTheEgressProgramAlone(t *testing.T, backend TCBackend) {
 	r := newRig(t)
-	r.attach(t, AttachOptions{Egress: true})
+	r.attach(t, AttachOptions{Egress: true, TCBackend: backend})
 	other, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: "xdpguard_tc", Type: ebpf.SchedCLS, License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
@@ -439,11 +469,14 @@ func TestUpgradeOfTheEgressProgramAlone(t *testing.T) {
 	defer other.Close()
 	otherInfo, _ := other.Info()
 	otherID, _ := otherInfo.ID()
-	tcProgOnLink := func() ebpf.ProgramID {
+	// withEgress runs fn with xg1's attachment and link, in its namespace.
+	withEgress := func(fn func(a *attachment, l netlink.Link) error) {
 		t.Helper()
-		var id ebpf.ProgramID
 		r.do(t, func(g *Guard) error {
-			ns, _ := CurrentNetns()
+			ns, err := CurrentNetns()
+			if err != nil {
+				return err
+			}
 			l, err := netlink.LinkByName(rigHostIf)
 			if err != nil {
 				return err
@@ -453,6 +486,21 @@ func TestUpgradeOfTheEgressProgramAlone(t *testing.T) {
 				return err
 			}
 			defer a.close()
+			if a.egress() != string(backend) {
+				return fmt.Errorf("xg1's egress is %q, want %s", a.egress(), backend)
+			}
+			return fn(a, l)
+		})
+	}
+	tcProgOnLink := func() ebpf.ProgramID {
+		t.Helper()
+		var id ebpf.ProgramID
+		withEgress(func(a *attachment, l netlink.Link) error {
+			if a.legacy {
+				var err error
+				id, err = legacyProgramID(l)
+				return err
+			}
 			info, err := a.tc.Info()
 			if err == nil {
 				id = info.Program
@@ -461,27 +509,20 @@ func TestUpgradeOfTheEgressProgramAlone(t *testing.T) {
 		})
 		return id
 	}
-	r.do(t, func(g *Guard) error {
-		ns, _ := CurrentNetns()
-		l, err := netlink.LinkByName(rigHostIf)
-		if err != nil {
-			return err
+	withEgress(func(a *attachment, l netlink.Link) error {
+		if a.legacy {
+			return netlink.FilterReplace(legacyFilter(l.Attrs().Index, other.FD()))
 		}
-		a, err := loadAttachment(g.ifaceDir(ns, l.Attrs().Index), l.Attrs().Index)
-		if err != nil {
-			return err
-		}
-		defer a.close()
 		return a.tc.Update(other)
 	})
 	if tcProgOnLink() != otherID {
 		t.Fatal("the test could not put another egress program in place")
 	}
-	if res := r.attach(t, AttachOptions{Egress: true}); res.Action != "replaced" {
-		t.Fatalf("attach over another egress program: %+v, want replaced", res)
+	if res := r.attach(t, AttachOptions{Egress: true}); res.Action != "replaced" || res.Egress != string(backend) {
+		t.Fatalf("attach over another egress program: %+v, want replaced, egress %s kept", res, backend)
 	}
-	if tcProgOnLink() == otherID {
-		t.Fatal("the other egress program is still attached")
+	if id := tcProgOnLink(); id == otherID || id == 0 {
+		t.Fatalf("egress program %d after the upgrade; want a new one, not the other (%d)", id, otherID)
 	}
 }
 

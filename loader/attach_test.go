@@ -130,36 +130,18 @@ func (r *rig) xdpProgID(t *testing.T) uint32 {
 }
 
 // requireNothingLeft fails the test unless the host interface carries no
-// XDP or tcx program and the pin path is gone.
+// XDP or egress program and the pin path is gone.
 func (r *rig) requireNothingLeft(t *testing.T, when string) {
 	t.Helper()
 	if id := r.xdpProgID(t); id != 0 {
 		t.Errorf("%s: XDP program %d still attached", when, id)
 	}
-	if n := r.tcxCount(t); n != 0 {
-		t.Errorf("%s: %d tcx programs left", when, n)
+	if n := r.egressCount(t); n != 0 {
+		t.Errorf("%s: %d egress programs left", when, n)
 	}
 	if _, err := os.Stat(r.pin); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("%s: the pin path remains: %v", when, err)
 	}
-}
-
-// tcxCount is how many programs sit on the host interface's tcx egress.
-func (r *rig) tcxCount(t *testing.T) int {
-	t.Helper()
-	idx := r.hostLink(t).Attrs().Index
-	var n int
-	err := r.host.Do(func() error {
-		res, err := link.QueryPrograms(link.QueryOptions{Target: idx, Attach: ebpf.AttachTCXEgress})
-		if err == nil {
-			n = len(res.Programs)
-		}
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
 }
 
 func (r *rig) counters(t *testing.T) map[string]map[string]Counter {
@@ -232,17 +214,17 @@ func (r *rig) send(t *testing.T, frames ...[]byte) {
 func TestAttachIdempotentUpgradeDetach(t *testing.T) {
 	r := newRig(t)
 	res := r.attach(t, AttachOptions{Egress: true})
-	if res.Action != "attached" || res.Mode != XDPNative || res.Egress != string(TCX) {
-		t.Fatalf("first attach: %+v, want attached, native, tcx", res)
+	if res.Action != "attached" || res.Mode != XDPNative || res.Egress != string(kernelEgress(t)) {
+		t.Fatalf("first attach: %+v, want attached, native, %s", res, kernelEgress(t))
 	}
 	first := r.xdpProgID(t)
-	if first == 0 || r.tcxCount(t) != 1 {
-		t.Fatalf("after attach: XDP program %d, %d tcx programs; want one of each", first, r.tcxCount(t))
+	if first == 0 || r.egressCount(t) != 1 {
+		t.Fatalf("after attach: XDP program %d, %d egress programs; want one of each", first, r.egressCount(t))
 	}
 
 	res = r.attach(t, AttachOptions{Egress: true})
-	if res.Action != "unchanged" || r.xdpProgID(t) != first || r.tcxCount(t) != 1 {
-		t.Fatalf("second attach: %+v, program %d (was %d), %d tcx: want unchanged, same, 1", res, r.xdpProgID(t), first, r.tcxCount(t))
+	if res.Action != "unchanged" || r.xdpProgID(t) != first || r.egressCount(t) != 1 {
+		t.Fatalf("second attach: %+v, program %d (was %d), %d egress: want unchanged, same, 1", res, r.xdpProgID(t), first, r.egressCount(t))
 	}
 
 	r.send(t, request(t, attacker))
@@ -250,8 +232,8 @@ func TestAttachIdempotentUpgradeDetach(t *testing.T) {
 
 	// An upgrade swaps the programs in place and keeps the counters.
 	res = r.attach(t, AttachOptions{Reload: true})
-	if res.Action != "replaced" || r.xdpProgID(t) == first || r.tcxCount(t) != 1 {
-		t.Fatalf("reload: %+v, program %d (was %d), %d tcx: want replaced, new id, 1", res, r.xdpProgID(t), first, r.tcxCount(t))
+	if res.Action != "replaced" || r.xdpProgID(t) == first || r.egressCount(t) != 1 {
+		t.Fatalf("reload: %+v, program %d (was %d), %d egress: want replaced, new id, 1", res, r.xdpProgID(t), first, r.egressCount(t))
 	}
 	r.send(t, request(t, attacker))
 	r.expectCounters(t, "xdp", map[string]uint64{"drop_request": 2})
@@ -514,8 +496,8 @@ func TestSameInterfaceInTwoNamespaces(t *testing.T) {
 	if a.xdpProgID(t) == 0 || b.xdpProgID(t) == 0 || a.xdpProgID(t) == b.xdpProgID(t) {
 		t.Fatalf("XDP programs %d (A) and %d (B): want one of its own on each", a.xdpProgID(t), b.xdpProgID(t))
 	}
-	if n := a.tcxCount(t); n != 0 {
-		t.Fatalf("egress asked for in B landed in A too (%d tcx programs)", n)
+	if n := a.egressCount(t); n != 0 {
+		t.Fatalf("egress asked for in B landed in A too (%d egress programs)", n)
 	}
 
 	var atts []Attachment
@@ -545,8 +527,8 @@ func TestSameInterfaceInTwoNamespaces(t *testing.T) {
 	if id := a.xdpProgID(t); id != 0 {
 		t.Errorf("A still has XDP program %d", id)
 	}
-	if id := b.xdpProgID(t); id == 0 || b.tcxCount(t) != 1 {
-		t.Fatalf("detaching in A detached B: XDP %d, %d tcx", id, b.tcxCount(t))
+	if id := b.xdpProgID(t); id == 0 || b.egressCount(t) != 1 {
+		t.Fatalf("detaching in A detached B: XDP %d, %d egress", id, b.egressCount(t))
 	}
 	if _, err := os.Stat(a.pin); err != nil {
 		t.Fatalf("detaching A's last interface removed the state B uses: %v", err)

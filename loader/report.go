@@ -1,12 +1,14 @@
 package loader
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 
+	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -73,6 +75,12 @@ func openNsLinks(netns, here uint64) nsLinks {
 // Attachments lists what is attached in every network namespace, by
 // namespace, interface and hook. Interfaces of other namespaces are named
 // when their namespace can be found (a /run/netns name or a process in it).
+//
+// It takes no lock, so a writer may be attaching or detaching meanwhile: an
+// entry whose counters or XDP link are not pinned (yet, or any more) is
+// being made or removed and is left out, as is the egress of a legacy
+// attachment whose clsact qdisc a detach has just removed. What is listed
+// was attached at the moment it was read.
 func (g *Guard) Attachments() ([]Attachment, error) {
 	here, err := CurrentNetns()
 	if err != nil {
@@ -105,6 +113,9 @@ func (g *Guard) Attachments() ([]Attachment, error) {
 			}
 		}
 		a, err := loadAttachment(e.dir, e.ifindex)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // being attached or detached: see above
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
@@ -128,10 +139,13 @@ func (g *Guard) Attachments() ([]Attachment, error) {
 		case a.legacy:
 			t.Mode = string(TCLegacy)
 			if l != nil {
-				id, err := legacyProgramIDAt(nl.h, l)
+				id, gone, err := legacyProgramIDReading(nl.h, l)
 				if err != nil {
 					a.close()
-					return nil, err
+					return nil, fmt.Errorf("%s: %w", name, err)
+				}
+				if gone {
+					break // a detach removed the filter and its qdisc
 				}
 				t.ProgramID = uint32(id)
 			}
@@ -140,6 +154,26 @@ func (g *Guard) Attachments() ([]Attachment, error) {
 		a.close()
 	}
 	return out, nil
+}
+
+// legacyProgramIDReading is legacyProgramIDAt for a reader, which may race a
+// detach: once the detach has deleted the clsact qdisc it made, there is no
+// filter list to read, and gone says so instead of an error.
+func legacyProgramIDReading(h *netlink.Handle, l netlink.Link) (id ebpf.ProgramID, gone bool, err error) {
+	id, err = legacyProgramIDAt(h, l)
+	if err == nil {
+		return id, false, nil
+	}
+	qdiscs, qerr := h.QdiscList(l)
+	if qerr != nil {
+		return 0, false, err
+	}
+	for _, q := range qdiscs {
+		if q.Type() == "clsact" {
+			return 0, false, err
+		}
+	}
+	return 0, true, nil
 }
 
 // InterfaceStats are one interface's counters on one hook.
@@ -158,6 +192,10 @@ type InterfaceStats struct {
 // Stats reads the counters of the named interfaces (all when none) of the
 // calling thread's network namespace, per hook, summed over CPUs. The egress
 // hook is listed only where attached.
+//
+// Like Attachments it takes no lock: an entry whose counters or XDP link are
+// not pinned is being attached or detached; it is left out of the listing of
+// all interfaces, and a named one is ErrNotAttached, as it is at that moment.
 func (g *Guard) Stats(names ...string) ([]InterfaceStats, error) {
 	es, err := g.entriesHere()
 	if err != nil {
@@ -189,6 +227,12 @@ func (g *Guard) Stats(names ...string) ([]InterfaceStats, error) {
 			name = l.Attrs().Name
 		}
 		a, err := loadAttachment(e.dir, e.ifindex)
+		if errors.Is(err, os.ErrNotExist) {
+			if len(names) > 0 {
+				return nil, fmt.Errorf("%s: %w (another xdpguard is attaching or detaching it): attach it first (xdpguard attach %s)", name, ErrNotAttached, name)
+			}
+			continue // being attached or detached: see above
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}

@@ -60,6 +60,9 @@ func (g *Guard) attachTC(l netlink.Link, dir string, prog *ebpf.Program, backend
 	if err := os.Mkdir(legacy, sharedPinMode); err != nil {
 		return "", fmt.Errorf("record legacy TC: %w", err)
 	}
+	// A change that fails later takes the record back with the filter,
+	// or the entry would claim an egress filter that is gone.
+	t.onFail(func() { os.RemoveAll(legacy) })
 	if made {
 		if err := os.Mkdir(filepath.Join(legacy, clsactMadeDir), sharedPinMode); err != nil {
 			return "", fmt.Errorf("record legacy TC: %w", err)

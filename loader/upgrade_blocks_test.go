@@ -36,6 +36,7 @@ func attachV1(t *testing.T, ns *nstest.NS, pin, ifname string, allow []netip.Pre
 		t.Fatal(err)
 	}
 	inode := netnsOf(t, ns)
+	egress := kernelEgress(t)
 	err = ns.Do(func() error {
 		l, err := ns.Link(ifname)
 		if err != nil {
@@ -110,12 +111,8 @@ func attachV1(t *testing.T, ns *nstest.NS, pin, ifname string, allow []netip.Pre
 		if err := xl.Pin(filepath.Join(dir, pinXDPLink)); err != nil {
 			return err
 		}
-		tl, err := link.AttachTCX(link.TCXOptions{Interface: l.Attrs().Index, Program: coll.Programs["xdpguard_tc"], Attach: ebpf.AttachTCXEgress})
-		if err != nil {
-			return err
-		}
-		defer tl.Close()
-		return tl.Pin(filepath.Join(dir, pinTCLink))
+		// Egress as that release attached it: tcx, else clsact + cls_bpf.
+		return v0Egress(l, dir, coll.Programs["xdpguard_tc"], egress)
 	})
 	if err != nil {
 		t.Fatalf("pin main's state before issue 14: %v", err)
@@ -161,7 +158,7 @@ func TestUpgradeKeepsAllowListUnderFlood(t *testing.T) {
 		t.Run(layout, func(t *testing.T) {
 			r := newRig(t)
 			if layout == "v0" {
-				attachV0(t, r.host, r.pin, rigHostIf, true, allow...)
+				attachV0(t, r.host, r.pin, rigHostIf, kernelEgress(t), allow...)
 				// Its config has the same layout: switch the lists on.
 				err := r.host.Do(func() error {
 					m, err := ebpf.LoadPinnedMap(filepath.Join(r.pin, pinConfig), nil)

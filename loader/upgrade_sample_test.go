@@ -25,7 +25,7 @@ func TestUpgradeAddsSampling(t *testing.T) {
 	r := newRig(t)
 	linkID := attachObject(t, presampleObject, func(netns uint64, ifindex int) string {
 		return filepath.Join(r.pin, netnsDir, strconv.FormatUint(netns, 10), strconv.Itoa(ifindex))
-	}, r.host, r.pin, rigHostIf, false)
+	}, r.host, r.pin, rigHostIf, "")
 	for _, name := range []string{pinSamples, pinSampleRate, pinSampleBudget} {
 		if _, err := os.Stat(filepath.Join(r.pin, name)); !errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("the old release's state has %s: %v", name, err)

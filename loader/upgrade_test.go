@@ -24,10 +24,10 @@ const ifindexLayoutObject = "testdata/v0/xdpguard_bpfel.o"
 
 // attachV0 does what that release's attach did, with its own object: the
 // shared maps pinned under pin (made on first use, holding its default
-// config), and for ifname in ns the counters and the XDP link (and a tcx
-// link with egress) pinned under <pin>/ifaces/<ifindex>/. It returns the XDP
-// link's id.
-func attachV0(t *testing.T, ns *nstest.NS, pin, ifname string, egress bool, allow ...netip.Prefix) link.ID {
+// config), and for ifname in ns the counters and the XDP link pinned under
+// <pin>/ifaces/<ifindex>/, and the egress program as v0Egress attaches it.
+// It returns the XDP link's id.
+func attachV0(t *testing.T, ns *nstest.NS, pin, ifname string, egress TCBackend, allow ...netip.Prefix) link.ID {
 	t.Helper()
 	return attachObject(t, ifindexLayoutObject, func(_ uint64, ifindex int) string {
 		return filepath.Join(pin, oldIfacesDir, strconv.Itoa(ifindex))
@@ -37,7 +37,7 @@ func attachV0(t *testing.T, ns *nstest.NS, pin, ifname string, egress bool, allo
 // attachObject attaches as attachV0 does, with the object obj and the
 // interface's pins in dirOf(its namespace's inode, its ifindex).
 func attachObject(t *testing.T, obj string, dirOf func(netns uint64, ifindex int) string,
-	ns *nstest.NS, pin, ifname string, egress bool, allow ...netip.Prefix) link.ID {
+	ns *nstest.NS, pin, ifname string, egress TCBackend, allow ...netip.Prefix) link.ID {
 	t.Helper()
 	spec, err := ebpf.LoadCollectionSpec(obj)
 	if err != nil {
@@ -118,15 +118,7 @@ func attachObject(t *testing.T, obj string, dirOf func(netns uint64, ifindex int
 			return err
 		}
 		id = info.ID
-		if !egress {
-			return nil
-		}
-		tl, err := link.AttachTCX(link.TCXOptions{Program: coll.Programs["xdpguard_tc"], Interface: l.Attrs().Index, Attach: ebpf.AttachTCXEgress})
-		if err != nil {
-			return err
-		}
-		defer tl.Close()
-		return tl.Pin(filepath.Join(dir, pinTCLink))
+		return v0Egress(l, dir, coll.Programs["xdpguard_tc"], egress)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -159,13 +151,20 @@ func (r *rig) xdpLinkID(t *testing.T, ifname string) link.ID {
 // were attached stay attached (moved, not re-made), counters and allow list
 // are kept, and the allow-list counts are set up once. Entries of another
 // namespace stay until xdpguard runs there, which then upgrades them too.
+// A's egress is each layout the old release may have left on this kernel.
 func TestUpgradeFromIfindexLayout(t *testing.T) {
+	for _, backend := range egressBackends(t) {
+		t.Run(string(backend), func(t *testing.T) { testUpgradeFromIfindexLayout(t, backend) })
+	}
+}
+
+func testUpgradeFromIfindexLayout(t *testing.T, backend TCBackend) {
 	a, b := newRig(t), newRig(t)
 	b.pin = a.pin
 	nstest.Veth(t, b.peer, "xg2", b.host, "xg3", 0)
 	allow := mustPrefixes("203.0.113.0/24", "198.51.100.128/25", "2001:db8::/48")
-	linkA := attachV0(t, a.host, a.pin, rigHostIf, true, allow...)
-	linkB := attachV0(t, b.host, b.pin, "xg3", false)
+	linkA := attachV0(t, a.host, a.pin, rigHostIf, backend, allow...)
+	linkB := attachV0(t, b.host, b.pin, "xg3", "")
 	progA := a.xdpProgID(t)
 	a.send(t, request(t, attacker))
 	a.expectCountersV0(t, 1)
@@ -215,8 +214,8 @@ func TestUpgradeFromIfindexLayout(t *testing.T) {
 	if res.Action == "unchanged" && a.xdpProgID(t) != progA {
 		t.Fatalf("unchanged, but A's program went from %d to %d", progA, a.xdpProgID(t))
 	}
-	if a.tcxCount(t) != 1 {
-		t.Fatalf("A's egress is gone after the upgrade")
+	if res.Egress != string(backend) || a.egressCount(t) != 1 {
+		t.Fatalf("A's egress after the upgrade: %q, %d programs; want the old %s kept, one program", res.Egress, a.egressCount(t), backend)
 	}
 	if _, err := os.Stat(filepath.Join(a.pin, oldIfacesDir)); err != nil {
 		t.Fatalf("B's old entry went before B upgraded: %v", err)

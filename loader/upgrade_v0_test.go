@@ -2,6 +2,7 @@ package loader
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/xdpguard/xdpguard/internal/nstest"
 	"github.com/xdpguard/xdpguard/internal/testpkt"
@@ -23,10 +26,11 @@ const v0Object = "testdata/v0/xdpguard_bpfel.o"
 
 // pinV0 sets up, under pin, what the previous release left pinned after
 // `xdpguard attach <ifname> --egress`: its shared maps (the fragment table
-// in the old layout), and per interface its counters and the XDP and tcx
-// links holding its programs. The paths are that release's, spelled out, as
-// it wrote them. It returns the old fragment table's ID.
-func pinV0(t *testing.T, ns *nstest.NS, pin, ifname string) ebpf.MapID {
+// in the old layout), and per interface its counters, the XDP link and the
+// egress program as v0Egress attaches it with egress. The paths are that
+// release's, spelled out, as it wrote them. It returns the old fragment
+// table's ID.
+func pinV0(t *testing.T, ns *nstest.NS, pin, ifname string, egress TCBackend) ebpf.MapID {
 	t.Helper()
 	var fragsID ebpf.MapID
 	err := ns.Do(func() error {
@@ -89,12 +93,7 @@ func pinV0(t *testing.T, ns *nstest.NS, pin, ifname string) ebpf.MapID {
 		if err := xl.Pin(filepath.Join(dir, "xdp_link")); err != nil {
 			return err
 		}
-		tl, err := link.AttachTCX(link.TCXOptions{Interface: l.Attrs().Index, Program: coll.Programs["xdpguard_tc"], Attach: ebpf.AttachTCXEgress})
-		if err != nil {
-			return err
-		}
-		defer tl.Close()
-		return tl.Pin(filepath.Join(dir, "tc_link"))
+		return v0Egress(l, dir, coll.Programs["xdpguard_tc"], egress)
 	})
 	if err != nil {
 		t.Fatalf("pin the previous release's state: %v", err)
@@ -102,11 +101,84 @@ func pinV0(t *testing.T, ns *nstest.NS, pin, ifname string) ebpf.MapID {
 	return fragsID
 }
 
+// v0Egress attaches prog to l's egress, in the calling thread's namespace,
+// as the previous release (f67e802, the <pin>/ifaces/<ifindex> layout) did,
+// recording it under that interface's dir: with TCX a tcx link pinned at
+// tc_link; with TCLegacy a cls_bpf filter (priority 0xc0de, handle 1) on a
+// clsact qdisc's egress, recorded by the directory tc_legacy and, when it
+// added the qdisc, tc_legacy/clsact_made. "" attaches nothing. Its literals
+// are that release's, spelled out, not this one's constants.
+func v0Egress(l netlink.Link, dir string, prog *ebpf.Program, backend TCBackend) error {
+	switch backend {
+	case "":
+		return nil
+	case TCX:
+		tl, err := link.AttachTCX(link.TCXOptions{Interface: l.Attrs().Index, Program: prog, Attach: ebpf.AttachTCXEgress})
+		if err != nil {
+			return err
+		}
+		defer tl.Close()
+		return tl.Pin(filepath.Join(dir, "tc_link"))
+	case TCLegacy:
+		made := true
+		err := netlink.QdiscAdd(&netlink.GenericQdisc{
+			QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+			QdiscType:  "clsact",
+		})
+		if errors.Is(err, unix.EEXIST) {
+			made, err = false, nil
+		}
+		if err != nil {
+			return fmt.Errorf("add clsact qdisc: %w", err)
+		}
+		err = netlink.FilterReplace(&netlink.BpfFilter{
+			FilterAttrs: netlink.FilterAttrs{
+				LinkIndex: l.Attrs().Index,
+				Parent:    netlink.HANDLE_MIN_EGRESS,
+				Handle:    1,
+				Protocol:  unix.ETH_P_ALL,
+				Priority:  0xc0de,
+			},
+			Fd:           prog.FD(),
+			Name:         "xdpguard_tc",
+			DirectAction: true,
+		})
+		if err != nil {
+			return fmt.Errorf("add cls_bpf egress filter: %w", err)
+		}
+		if err := os.Mkdir(filepath.Join(dir, "tc_legacy"), 0o700); err != nil {
+			return err
+		}
+		if made {
+			return os.Mkdir(filepath.Join(dir, "tc_legacy", "clsact_made"), 0o700)
+		}
+		return nil
+	}
+	return fmt.Errorf("v0 egress backend %q", backend)
+}
+
+// egressBackends are the egress layouts an old release may have left on
+// this kernel: what it has, and legacy too where the kernel has tcx, since
+// every host without tcx (Debian 12's 6.1) runs legacy and CI must cover it.
+func egressBackends(t *testing.T) []TCBackend {
+	if b := kernelEgress(t); b == TCX {
+		return []TCBackend{TCX, TCLegacy}
+	}
+	return []TCBackend{TCLegacy}
+}
+
 // An upgrade from the previous release, whose pinned fragment table has
 // another layout, replaces the table in place and swaps the programs under a
 // flood with no request getting through (issue 9, item 6). Today's main
-// refused: "pinned state is from an incompatible xdpguard version".
+// refused: "pinned state is from an incompatible xdpguard version". The old
+// egress is each layout that release may have left on this kernel.
 func TestUpgradeFromV0FragmentTable(t *testing.T) {
+	for _, backend := range egressBackends(t) {
+		t.Run(string(backend), func(t *testing.T) { testUpgradeFromV0FragmentTable(t, backend) })
+	}
+}
+
+func testUpgradeFromV0FragmentTable(t *testing.T, backend TCBackend) {
 	r := newRig(t)
 	if err := r.host.AddAddr(rigHostIf, hostAddr.String()+"/24"); err != nil {
 		t.Fatal(err)
@@ -145,7 +217,7 @@ func TestUpgradeFromV0FragmentTable(t *testing.T) {
 		return delivered.Load() == 1, nil
 	})
 
-	oldFrags := pinV0(t, r.host, r.pin, rigHostIf)
+	oldFrags := pinV0(t, r.host, r.pin, rigHostIf, backend)
 	oldProg := r.xdpProgID(t)
 	// The old release protects. Read its counters and table through the
 	// pins, not Open: the upgrade must happen in the attach below.
@@ -197,8 +269,8 @@ func TestUpgradeFromV0FragmentTable(t *testing.T) {
 	if err != nil {
 		t.Fatalf("upgrade from the previous release: %v", err)
 	}
-	if res.Action != "replaced" || r.xdpProgID(t) == oldProg || r.tcxCount(t) != 1 {
-		t.Fatalf("upgrade: %+v, XDP program %d (was %d), %d tcx programs; want replaced, a new program, one tcx", res, r.xdpProgID(t), oldProg, r.tcxCount(t))
+	if res.Action != "replaced" || res.Egress != string(backend) || r.xdpProgID(t) == oldProg || r.egressCount(t) != 1 {
+		t.Fatalf("upgrade: %+v, XDP program %d (was %d), %d egress programs; want replaced, egress %s kept, a new program, one egress", res, r.xdpProgID(t), oldProg, r.egressCount(t), backend)
 	}
 	n := uint64(sent.Load())
 	r.expectCounters(t, "xdp", map[string]uint64{"drop_request": n + 1})

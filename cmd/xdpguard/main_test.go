@@ -14,13 +14,46 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/xdpguard/xdpguard/internal/metrics"
 	"github.com/xdpguard/xdpguard/internal/nstest"
 	"github.com/xdpguard/xdpguard/internal/testpkt"
 	"github.com/xdpguard/xdpguard/loader"
 )
+
+// kernelEgress is the egress backend attach picks on this kernel: "tcx"
+// where the kernel has it, else "legacy" (clsact + cls_bpf). It asks for a
+// tcx link on ifindex 0, which attaches nothing: a kernel with tcx answers
+// ENODEV, one without makes cilium/ebpf report ErrNotSupported.
+func kernelEgress(t *testing.T) string {
+	t.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.SchedCLS,
+		License:      "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	if err != nil {
+		t.Fatalf("probe tcx: %v", err)
+	}
+	defer prog.Close()
+	l, err := link.AttachTCX(link.TCXOptions{Interface: 0, Program: prog, Attach: ebpf.AttachTCXEgress})
+	switch {
+	case errors.Is(err, ebpf.ErrNotSupported):
+		return string(loader.TCLegacy)
+	case errors.Is(err, unix.ENODEV):
+		return string(loader.TCX)
+	case err == nil:
+		l.Close()
+		t.Fatal("probe tcx: a link on ifindex 0 was made")
+	}
+	t.Fatalf("probe tcx: %v", err)
+	return ""
+}
 
 // runCLI runs the CLI in-process and returns its exit status and output.
 func runCLI(args ...string) (int, string, string) {
@@ -175,7 +208,7 @@ func TestCLIInNamespace(t *testing.T) {
 		t.Fatalf("a failed attach left %s behind", pin)
 	}
 
-	if out := mustCLI("attach", "xg1", "--egress"); !strings.Contains(out, "xg1: attached (xdp native, egress via tcx)") {
+	if out := mustCLI("attach", "xg1", "--egress"); !strings.Contains(out, "xg1: attached (xdp native, egress via "+kernelEgress(t)+")") {
 		t.Fatalf("attach output: %q", out)
 	}
 	if out := mustCLI("attach", "xg1", "--egress"); !strings.Contains(out, "unchanged") {
