@@ -398,10 +398,13 @@ func TestLiveConfigAndExactCounters(t *testing.T) {
 	r.expectCounters(t, "xdp", map[string]uint64{"drop_request": 6, "pass": 3, "allowlisted": 1, "would_drop": 2})
 }
 
-// TestUpgradeUnderFloodPassesNothing reloads the programs again and again
-// while attack frames stream in: not one may reach the host's socket.
-func TestUpgradeUnderFloodPassesNothing(t *testing.T) {
-	r := newRig(t)
+// deliveryOracle gives the rig's host an address and a UDP socket on the
+// protected port, and returns an attack request addressed to it and the
+// count of datagrams that socket received. One unfiltered request is sent
+// and seen delivered first (the count starts at 1), so that a count that
+// stays put later means filtered, not lost.
+func (r *rig) deliveryOracle(t *testing.T) ([]byte, *atomic.Int64) {
+	t.Helper()
 	if err := r.host.AddAddr(rigHostIf, hostAddr.String()+"/24"); err != nil {
 		t.Fatal(err)
 	}
@@ -412,7 +415,6 @@ func TestUpgradeUnderFloodPassesNothing(t *testing.T) {
 	attack := request(t, attacker)
 	copy(attack[0:6], mac) // addressed to the host, so a passed frame is delivered
 
-	// The oracle: a socket on the protected port in the host namespace.
 	var delivered atomic.Int64
 	var conn *net.UDPConn
 	err = r.host.Do(func() (err error) {
@@ -435,11 +437,18 @@ func TestUpgradeUnderFloodPassesNothing(t *testing.T) {
 	}()
 	t.Cleanup(func() { conn.Close(); <-readerDone })
 
-	// Prove the oracle sees frames when nothing filters them.
 	r.send(t, attack)
 	nstest.Eventually(t, 5*time.Second, "an unfiltered request delivered", func() (bool, error) {
 		return delivered.Load() == 1, nil
 	})
+	return attack, &delivered
+}
+
+// TestUpgradeUnderFloodPassesNothing reloads the programs again and again
+// while attack frames stream in: not one may reach the host's socket.
+func TestUpgradeUnderFloodPassesNothing(t *testing.T) {
+	r := newRig(t)
+	attack, delivered := r.deliveryOracle(t)
 
 	r.attach(t, AttachOptions{Egress: true})
 	var sent atomic.Int64

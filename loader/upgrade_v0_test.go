@@ -3,7 +3,6 @@ package loader
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -180,42 +179,7 @@ func TestUpgradeFromV0FragmentTable(t *testing.T) {
 
 func testUpgradeFromV0FragmentTable(t *testing.T, backend TCBackend) {
 	r := newRig(t)
-	if err := r.host.AddAddr(rigHostIf, hostAddr.String()+"/24"); err != nil {
-		t.Fatal(err)
-	}
-	mac, err := r.host.HardwareAddr(rigHostIf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	attack := request(t, attacker)
-	copy(attack[0:6], mac) // addressed to the host, so a passed frame is delivered
-
-	var delivered atomic.Int64
-	var conn *net.UDPConn
-	err = r.host.Do(func() (err error) {
-		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: hostAddr.AsSlice(), Port: int(testpkt.MemcachedPort)})
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	readerDone := make(chan struct{})
-	go func() {
-		defer close(readerDone)
-		buf := make([]byte, 2048)
-		for {
-			if _, _, err := conn.ReadFromUDP(buf); err != nil {
-				return
-			}
-			delivered.Add(1)
-		}
-	}()
-	t.Cleanup(func() { conn.Close(); <-readerDone })
-	// The oracle sees a request when nothing filters it.
-	r.send(t, attack)
-	nstest.Eventually(t, 5*time.Second, "an unfiltered request delivered", func() (bool, error) {
-		return delivered.Load() == 1, nil
-	})
+	attack, delivered := r.deliveryOracle(t)
 
 	oldFrags := pinV0(t, r.host, r.pin, rigHostIf, backend)
 	oldProg := r.xdpProgID(t)
@@ -227,7 +191,7 @@ func testUpgradeFromV0FragmentTable(t *testing.T, backend TCBackend) {
 	})
 	// A reader of the new release (stats) works on the old state and
 	// changes nothing: it takes no lock, so it must not replace pins.
-	err = r.host.Do(func() error {
+	err := r.host.Do(func() error {
 		g, err := OpenReadOnly(r.pin)
 		if err != nil {
 			return err
@@ -324,7 +288,7 @@ func testUpgradeFromV0FragmentTable(t *testing.T, backend TCBackend) {
 	// Fragments go through the new table: the first dropped, the rest follow.
 	f1, f2, f3 := frags(bigResp(attacker, hostAddr, 40000, testpkt.MemcachedPort, 0x0bad))
 	for _, f := range [][]byte{f1, f2, f3} {
-		copy(f[0:6], mac)
+		copy(f[0:6], attack[0:6]) // the host's MAC, as the oracle addressed attack
 	}
 	r.send(t, f1, f2, f3)
 	r.expectCounters(t, "xdp", map[string]uint64{"drop_request": n + 2, "drop_fragment": 2})
