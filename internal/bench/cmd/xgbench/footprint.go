@@ -95,12 +95,13 @@ func footprintSection(b *strings.Builder, r *report) {
 	fmt.Fprintf(b, "| %s pairs come and go, %s attached | %s | %s | %s | %s |\n\n", count(f.Pairs), count(f.Matched),
 		bytesize(f.Churn.RSS), bytesize(f.Churn.HWM), f.ChurnCPU(), f.ChurnFor.Round(100*time.Millisecond))
 	fmt.Fprintf(b, "Of the %s pairs, one in %d has an end the include glob matches: %s attaches. Each attach loads\n", count(f.Pairs), r.o.agentMatchEvery, count(f.Matched))
-	b.WriteString("and verifies the programs its link needs (a few hundred milliseconds of CPU here), so 1 000 matching\n")
-	b.WriteString("links would take minutes; the other links are netlink events the agent reads and leaves alone.\n")
-	perAttach := "–"
+	perAttach, allMatch := "–", "–"
 	if f.Matched > 0 {
 		perAttach = (f.ChurnCPU() / time.Duration(f.Matched)).Round(time.Millisecond).String()
+		allMatch = (f.ChurnFor * time.Duration(f.Pairs) / time.Duration(f.Matched)).Round(time.Second).String()
 	}
+	fmt.Fprintf(b, "and verifies the programs its link needs, so %s matching links would take about %s; the other links\n", count(f.Pairs), allMatch)
+	b.WriteString("are netlink events the agent reads and leaves alone.\n")
 	fmt.Fprintf(b, "The churn's CPU per attached link, events of the others included: %s. Afterwards %d interface\n", perAttach, f.LeftPins)
 	b.WriteString("pin directories were left for the deleted links, and after SIGTERM the pin path held none (the run\n")
 	b.WriteString("fails otherwise).\n\n")
