@@ -119,5 +119,12 @@ func Run(rounds, repeat int) (res *Result, err error) {
 		}
 		res.Counts[s.name] = sum
 	}
+	// A benchmark of another path than the one named would be meaningless.
+	if off := res.Counts[Off]; off.Sampled != 0 {
+		return nil, fmt.Errorf("%s took %d samples: the rate did not reach the program", Off, off.Sampled)
+	}
+	if spent := res.Counts[Spent]; spent.Sampled == 0 || spent.Sampled*100 > spent.Suppressed {
+		return nil, fmt.Errorf("%s: %d sampled, %d suppressed: want some sampled, under 1%%", Spent, spent.Sampled, spent.Suppressed)
+	}
 	return res, nil
 }
