@@ -1,6 +1,7 @@
 // Command xgbench runs xdpguard's benchmarks (per-packet cost against
 // xdp-filter and the XDP_DROP floor, allow-list scaling, a trafgen flood of
-// a real memcached against nftables, map memory) in one process on this
+// a real memcached against nftables, the drop path with sampling off and
+// on, map memory, the agent's own RSS and CPU) in one process on this
 // machine, and writes docs/benchmarks.md with a plot. `make bench` runs it
 // as root; it attaches only to veths in namespaces it creates.
 package main
@@ -17,6 +18,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -24,10 +26,12 @@ import (
 
 	"github.com/xdpguard/xdpguard/internal/bench/allowlist"
 	"github.com/xdpguard/xdpguard/internal/bench/flood"
+	"github.com/xdpguard/xdpguard/internal/bench/footprint"
 	"github.com/xdpguard/xdpguard/internal/bench/frames"
 	"github.com/xdpguard/xdpguard/internal/bench/memory"
 	"github.com/xdpguard/xdpguard/internal/bench/perpacket"
 	"github.com/xdpguard/xdpguard/internal/bench/progs"
+	"github.com/xdpguard/xdpguard/internal/bench/sampling"
 	"github.com/xdpguard/xdpguard/internal/nstest"
 	"github.com/xdpguard/xdpguard/loader"
 )
@@ -43,6 +47,10 @@ type options struct {
 	allowRepeat    int
 	loadSizes      []int
 	window         time.Duration
+	// The agent-footprint step's.
+	agentIdle                               time.Duration
+	agentPairs, agentMatchEvery, agentBatch int
+	only                                    []string
 }
 
 // Names of the namespaces and the pin path the benchmark creates; a run
@@ -67,6 +75,11 @@ func main() {
 	fs.IntVar(&o.allowRepeat, "allow-repeat", 1_000_000, "repeats per allow-list round")
 	fs.IntSliceVar(&o.loadSizes, "load-sizes", []int{100_000, 1_000_000}, "allow-list sizes loaded through the CLI")
 	fs.DurationVar(&o.window, "window", 10*time.Second, "flood measuring time per setup (two windows of half, in A B C D D C B A order)")
+	fs.DurationVar(&o.agentIdle, "agent-idle", 5*time.Second, "how long the agent is measured idle")
+	fs.IntVar(&o.agentPairs, "agent-pairs", 1000, "veth pairs created and deleted while the agent runs")
+	fs.IntVar(&o.agentMatchEvery, "agent-match-every", 10, "one pair in this many has an end the agent protects (each attach verifies programs)")
+	fs.IntVar(&o.agentBatch, "agent-batch", 100, "veth pairs created, then deleted, at a time")
+	fs.StringSliceVar(&o.only, "only", nil, "run only these steps (by name, e.g. \"drop sampling\"), print what they have of the report, write nothing")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return
@@ -89,6 +102,8 @@ type report struct {
 	elapsed   time.Duration
 	frames    []frames.Frame
 	perPacket *perpacket.Result
+	sampling  *sampling.Result
+	footprint *footprint.Result
 	allow     []allowlist.SizeResult // IPv4
 	allow6    []allowlist.SizeResult
 	loads     []allowlist.LoadResult
@@ -100,6 +115,15 @@ type report struct {
 	o           options
 }
 
+// step is one measurement of the run.
+type step struct {
+	name string
+	fn   func(context.Context, *report) error
+	// section writes the step's part of the report on its own, for --only;
+	// nil for the steps whose sections need others'.
+	section func(*strings.Builder, *report)
+}
+
 func run(ctx context.Context, o options, log io.Writer) error {
 	if err := preflight(o); err != nil {
 		return err
@@ -109,18 +133,34 @@ func run(ctx context.Context, o options, log io.Writer) error {
 	if r.machine, err = describeMachine(); err != nil {
 		return err
 	}
-	steps := []struct {
-		name string
-		fn   func(context.Context, *report) error
-	}{
+	steps := []step{
 		// The flood runs first: the allow-list step leaves the kernel
 		// freeing millions of trie nodes for a while after it.
-		{"flood", floodRun},
-		{"per-packet cost", perPacket},
-		{"allow-list scaling", allowList},
-		{"map memory", mapMemory},
+		{"flood", floodRun, nil},
+		{"per-packet cost", perPacket, nil},
+		{"drop sampling", dropSampling, func(b *strings.Builder, r *report) {
+			samplingTarget(b, r)
+			b.WriteString("\n")
+			samplingSection(b, r)
+		}},
+		{"allow-list scaling", allowList, nil},
+		{"map memory", mapMemory, nil},
+		{"agent footprint", agentFootprint, func(b *strings.Builder, r *report) {
+			footprintTarget(b, r)
+			b.WriteString("\n")
+			footprintSection(b, r)
+		}},
 	}
+	for _, name := range o.only {
+		if !slices.ContainsFunc(steps, func(s step) bool { return s.name == name }) {
+			return fmt.Errorf("--only %q: no such step", name)
+		}
+	}
+	var partial strings.Builder
 	for _, s := range steps {
+		if len(o.only) > 0 && !slices.Contains(o.only, s.name) {
+			continue
+		}
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("interrupted before %s", s.name)
 		}
@@ -133,6 +173,14 @@ func run(ctx context.Context, o options, log io.Writer) error {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
 		fmt.Fprintf(log, "xgbench: %s done in %s\n", s.name, time.Since(start).Round(time.Second))
+		if s.section != nil {
+			s.section(&partial, r)
+		}
+	}
+	if len(o.only) > 0 {
+		fmt.Fprint(os.Stdout, partial.String())
+		fmt.Fprintln(log, "xgbench: --only: no report written")
+		return nil
 	}
 	r.elapsed = time.Since(r.started)
 	if err := os.MkdirAll(filepath.Dir(o.out), 0o755); err != nil {
@@ -177,8 +225,14 @@ func preflight(o options) error {
 			}
 		}
 	}
-	if err := os.RemoveAll(pinRoot); err != nil {
-		return fmt.Errorf("remove %s left by an earlier run: %w", pinRoot, err)
+	left, err := filepath.Glob(pinRoot + "-agent-*")
+	if err != nil {
+		return err
+	}
+	for _, dir := range append(left, pinRoot) {
+		if err := os.RemoveAll(dir); err != nil {
+			return fmt.Errorf("remove %s left by an earlier run: %w", dir, err)
+		}
 	}
 	return nil
 }

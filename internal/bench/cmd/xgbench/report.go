@@ -66,14 +66,18 @@ func markdown(r *report) string {
 	machineSection(&b, r)
 	targetsSection(&b, r)
 	perPacketSection(&b, r)
+	samplingSection(&b, r)
 	allowSection(&b, r)
 	floodSection(&b, r)
 	memorySection(&b, r)
+	footprintSection(&b, r)
 	p("## Reproduce\n\n```\nsudo make bench\n```\n\n")
 	p("`make bench` installs what is missing (scripts/deps.sh), builds `bin/xdpguard` and `bin/xgbench` (internal/bench/cmd/xgbench)\n")
 	p("and runs it; arguments to scripts/bench.sh go to xgbench (`--help` lists them). This run used\n")
-	p("`--rounds %d --repeat %d --allow-rounds %d --allow-repeat %d --window %s`. It attaches only to veths in\n", r.o.rounds, r.o.repeat, r.o.allowRounds, r.o.allowRepeat, r.o.window)
-	p("namespaces it creates (`%sa`, `%sr`, `%sc`, `%s`, `%sp`) and pins under `%s`, and removes them all.\n", floodPrefix, floodPrefix, floodPrefix, loadNS, loadNS, pinRoot)
+	p("`--rounds %d --repeat %d --allow-rounds %d --allow-repeat %d --window %s\n", r.o.rounds, r.o.repeat, r.o.allowRounds, r.o.allowRepeat, r.o.window)
+	p("--agent-idle %s --agent-pairs %d --agent-match-every %d --agent-batch %d`. It attaches only to veths in\n", r.o.agentIdle, r.o.agentPairs, r.o.agentMatchEvery, r.o.agentBatch)
+	p("namespaces it creates (`%sa`, `%sr`, `%sc`, `%s`, `%sp`, and the agent's `xgba` plus a random suffix) and pins\n", floodPrefix, floodPrefix, floodPrefix, loadNS, loadNS)
+	p("under `%s` and `%s-agent-` plus a random suffix, and removes them all.\n", pinRoot, pinRoot)
 	return b.String()
 }
 
@@ -124,6 +128,8 @@ func targetsSection(b *strings.Builder, r *report) {
 		}
 	}
 	issue14Targets(b, r)
+	samplingTarget(b, r)
+	footprintTarget(b, r)
 	b.WriteString("\n")
 	if worst > targetRatio {
 		ratioMissed(b, r)

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xdpguard/xdpguard/internal/bench/footprint"
+	"github.com/xdpguard/xdpguard/internal/bench/perpacket"
+	"github.com/xdpguard/xdpguard/internal/bench/progs"
+	"github.com/xdpguard/xdpguard/internal/bench/sampling"
+	"github.com/xdpguard/xdpguard/loader"
+)
+
+func cell(med, p25, p75 float64) *perpacket.Cell {
+	return &perpacket.Cell{MedianNs: med, P25: p25, P75: p75}
+}
+
+func TestSamplingReport(t *testing.T) {
+	r := &report{sampling: &sampling.Result{
+		PerPacket: &perpacket.Result{Rounds: 31, Repeat: 2_000_000, Cells: map[string]map[string]*perpacket.Cell{
+			progs.Floor:    {sampling.Frame: cell(5.0, 4.9, 5.1)},
+			sampling.Off:   {sampling.Frame: cell(14.1, 14.0, 14.3)},
+			sampling.Spent: {sampling.Frame: cell(17.0, 16.8, 17.2)},
+		}},
+		Rate: 256,
+		Counts: map[string]loader.SampleCounter{
+			sampling.Off:   {Sampled: 0, Suppressed: 64_000_000},
+			sampling.Spent: {Sampled: 2_816, Suppressed: 63_997_184},
+		},
+	}}
+	var b strings.Builder
+	samplingTarget(&b, r)
+	samplingSection(&b, r)
+	out := b.String()
+	for _, want := range []string{
+		"| 17.0 vs 14.1 ns (+2.9 ns) | reported |",
+		"(31 of 2 000 000)",
+		"default budget of 256 samples per second per CPU",
+		"| floor | 5.0 [4.9–5.1] | | | |",
+		"| sampling off | 14.1 [14.0–14.3] | 9.1 | 0 | 64 000 000 |",
+		"| default budget, spent | 17.0 [16.8–17.2] | 12.0 | 2 816 | 63 997 184 |",
+		"| difference (spent − off) | +2.9 | | | |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("sampling report lacks %q:\n%s", want, out)
+		}
+	}
+	var none strings.Builder
+	samplingTarget(&none, &report{})
+	samplingSection(&none, &report{})
+	if none.Len() != 0 {
+		t.Errorf("a run without the step wrote %q", none.String())
+	}
+}
+
+func TestFootprintReport(t *testing.T) {
+	r := &report{o: options{agentBatch: 100, agentMatchEvery: 10}, footprint: &footprint.Result{
+		Pairs: 1000, Matched: 100,
+		Ready:    footprint.Usage{RSS: 16 << 20, HWM: 16 << 20, CPU: 80 * time.Millisecond},
+		Idle:     footprint.Usage{RSS: 17 << 20, HWM: 17 << 20, CPU: 90 * time.Millisecond},
+		IdleFor:  5001 * time.Millisecond,
+		Churn:    footprint.Usage{RSS: 28 << 20, HWM: 30 << 20, CPU: 15090 * time.Millisecond},
+		ChurnFor: 41234 * time.Millisecond,
+	}}
+	var b strings.Builder
+	footprintTarget(&b, r)
+	footprintSection(&b, r)
+	out := b.String()
+	for _, want := range []string{
+		"while 1 000 links come and go (reported, no threshold) | RSS 17.0 MiB idle, 30.0 MiB peak; CPU 10ms over 5s idle, 15s over the 41.2s churn | reported |",
+		"| start, until `READY=1` | 16.0 MiB | 16.0 MiB | 80ms | |",
+		"| idle | 17.0 MiB | 17.0 MiB | 10ms | 5s |",
+		"| 1 000 pairs come and go, 100 attached | 28.0 MiB | 30.0 MiB | 15s | 41.2s |",
+		"one in 10 has an end the include glob matches: 100 attaches",
+		"100 at a time",
+		"so 1 000 matching links would take about 6m52s;",
+		"events of the others included: 150ms. Afterwards 0 interface",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("footprint report lacks %q:\n%s", want, out)
+		}
+	}
+}
