@@ -20,8 +20,9 @@ import (
 	"github.com/xdpguard/xdpguard/internal/nstest"
 )
 
-// mainObject is main's BPF object before the allow-list block bitmaps and
-// the per-family fragment tables (testdata/v1/README.md).
+// mainObject is a data plane from before the allow-list block bitmaps and
+// the per-family fragment tables, with state keyed by network namespace
+// (testdata/v1/README.md).
 const mainObject = "testdata/v1/xdpguard_bpfel.o"
 
 // attachV1 does what main before issue 14 left pinned after `xdpguard

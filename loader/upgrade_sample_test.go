@@ -12,10 +12,9 @@ import (
 	"github.com/xdpguard/xdpguard/internal/nstest"
 )
 
-// presampleObject is the data plane of the release before drop sampling
-// (git show 7a21fa9:loader/xdpguard_bpfel.o): the netns layout, no sampling
-// maps.
-const presampleObject = "testdata/presample/xdpguard_bpfel.o"
+// presampleObject is a data plane from before drop sampling: the netns
+// layout, no sampling maps (testdata/v1/README.md).
+const presampleObject = "testdata/v1/xdpguard_bpfel.o"
 
 // TestUpgradeAddsSampling: an interface attached by the release before
 // sampling upgrades in place (the same XDP link, its counters kept) and gets

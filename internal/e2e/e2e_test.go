@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -17,6 +18,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/xdpguard/xdpguard/internal/lab"
 	"github.com/xdpguard/xdpguard/internal/nstest"
@@ -142,10 +145,25 @@ func (e *env) address(frames ...[]byte) [][]byte {
 }
 
 // send injects frames into refl0 from the router's side.
+//
+// A frame refused with ENOBUFS was not sent: the receiving veth's queue is
+// full (a guest emulated under make vmtest drains it many times slower than
+// the injector fills it). It is sent again, after a millisecond's backoff,
+// for up to 10 s, so every frame arrives exactly once.
 func (e *env) send(t *testing.T, frames [][]byte) {
 	t.Helper()
-	if err := e.inject.SendAll(e.address(frames...)...); err != nil {
-		t.Fatal(err)
+	for _, f := range e.address(frames...) {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			err := e.inject.Send(f)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, unix.ENOBUFS) || time.Now().After(deadline) {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Millisecond)
+		}
 	}
 }
 

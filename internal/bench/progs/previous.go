@@ -11,11 +11,11 @@ import (
 	"github.com/xdpguard/xdpguard/loader"
 )
 
-// PreviousObject is the BPF object of the release before the allow-list
-// block bitmaps and the per-family fragment tables (issue 14), kept for the
-// loader's upgrade tests; the benchmarks run it beside the current one so
-// that "no slower than before" is measured in the same run.
-const PreviousObject = "loader/testdata/v1/xdpguard_bpfel.o"
+// PreviousObject is the previous release's BPF object, kept for the
+// loader's upgrade tests (loader/testdata/v0); the benchmarks run it beside
+// the current one so that "no slower than before" is measured in the same
+// run.
+const PreviousObject = "loader/testdata/v0/xdpguard_bpfel.o"
 
 // PreviousProgram is that release's XDP program on fresh maps of its own.
 type PreviousProgram struct {
