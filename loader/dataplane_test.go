@@ -877,12 +877,19 @@ func runTable(t *testing.T, h *harness, cases []dpCase) {
 						want = s.tc
 					}
 					mr := h.classify(mod, s.frame, hook)
-					if !testRunTakes(hook, s.frame) {
-						// The kernel must refuse it, or the predicate
-						// hides frames it could have tested.
-						if _, err := h.prog(hook).Run(&ebpf.RunOptions{Data: s.frame}); err == nil {
-							t.Errorf("step %d %q: test run took a frame testRunTakes refuses", i, s.name)
-						}
+					// What a test run accepts differs by kernel: 5.10
+					// runs XDP frames shorter than an Ethernet header,
+					// which later kernels refuse. A frame testRunTakes
+					// refuses is run anyway; if this kernel takes it, it
+					// is checked like any other below.
+					runnable := testRunTakes(hook, s.frame)
+					if !runnable {
+						_, err := h.prog(hook).Run(&ebpf.RunOptions{Data: s.frame})
+						// run below counts by difference, so this
+						// probe run leaves no trace in the check.
+						runnable = err == nil
+					}
+					if !runnable {
 						if mr.Reason.String() != want.String() {
 							t.Errorf("step %d %q: model %s, want %s (kernel cannot run it here)", i, s.name, mr.Reason, want)
 						}
