@@ -383,7 +383,45 @@ func VethPair(a *NS, aName string, b *NS, bName string, mtu int) error {
 			return fmt.Errorf("%s: set %s up: %w", end.ns.name, end.name, err)
 		}
 	}
+	// Up is not yet able to send: until the kernel's linkwatch work has
+	// seen the carrier, a device's root qdisc is noop, which frees every
+	// frame given to it without an error. On a host that work runs at
+	// once; in an emulated guest it was seen to run late enough that a
+	// test's first frame vanished. Wait for both ends to be operationally
+	// up with their real qdisc in place.
+	for _, end := range []struct {
+		ns   *NS
+		name string
+	}{{a, aName}, {b, bName}} {
+		if err := WaitFor(5*time.Second, end.ns.name+"/"+end.name+" able to send", func() (bool, error) {
+			return end.ns.ready(end.name)
+		}); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// ready reports whether a link is operationally up and its root qdisc is
+// no longer the noop one a device has until linkwatch activates it.
+func (ns *NS) ready(ifname string) (bool, error) {
+	l, err := ns.Link(ifname)
+	if err != nil {
+		return false, err
+	}
+	if l.Attrs().OperState != netlink.OperUp {
+		return false, fmt.Errorf("operstate %s", l.Attrs().OperState)
+	}
+	qdiscs, err := ns.nl.QdiscList(l)
+	if err != nil {
+		return false, fmt.Errorf("list qdiscs: %w", err)
+	}
+	for _, q := range qdiscs {
+		if q.Attrs().Parent == netlink.HANDLE_ROOT && q.Type() == "noop" {
+			return false, errors.New("root qdisc still noop")
+		}
+	}
+	return true, nil
 }
 
 // LinkStats returns the interface's counters as netlink reports them.
@@ -422,7 +460,11 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() (b
 // WaitFor polls cond until it returns true (nil) or timeout passes (an error
 // naming what was waited for, wrapping cond's last error). Polls back off
 // from 1ms to 50ms, so quick conditions are seen quickly without spinning.
+//
+// The timeout is stretched by the time scale (Scaled): an emulated guest
+// gets the same deadlines in its own time.
 func WaitFor(timeout time.Duration, what string, cond func() (bool, error)) error {
+	timeout = Scaled(timeout)
 	deadline := time.Now().Add(timeout)
 	wait := time.Millisecond
 	var lastErr error
