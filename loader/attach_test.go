@@ -601,7 +601,7 @@ func TestWritersSerialisedReadersFree(t *testing.T) {
 		select {
 		case err := <-second:
 			return err
-		case <-time.After(5 * time.Second):
+		case <-time.After(nstest.Scaled(5 * time.Second)):
 			return errors.New("the second writer never got the lock after the first closed")
 		}
 	})

@@ -208,7 +208,8 @@ func (h *host) startAgent(t *testing.T, cfg string, extra ...string) *agentProc 
 	nstest.Eventually(t, 20*time.Second, "the agent to send READY=1", func() (bool, error) {
 		select {
 		case <-a.exited:
-			return false, fmt.Errorf("agent exited: %v\n%s", a.cmd.ProcessState, strings.Join(a.log.all(), "\n"))
+			// It will not become ready: say why now, not at the deadline.
+			t.Fatalf("the agent exited before READY=1: %v\n%s", a.cmd.ProcessState, strings.Join(a.log.all(), "\n"))
 		default:
 		}
 		return a.notes.count("READY=1") > 0, nil
@@ -234,8 +235,8 @@ func (a *agentProc) stop(t *testing.T, sig syscall.Signal) {
 	}
 	select {
 	case <-a.exited:
-	case <-time.After(20 * time.Second):
-		t.Fatalf("agent still running 20 s after %v", sig)
+	case <-time.After(nstest.Scaled(20 * time.Second)):
+		t.Fatalf("agent still running %v after %v", nstest.Scaled(20*time.Second), sig)
 	}
 }
 

@@ -78,8 +78,9 @@ func TestMatchingInterfacesProtected(t *testing.T) {
 	slices.Sort(lat)
 	t.Logf("link up -> XDP program attached (polled every <=1 ms): min %v, median %v, max %v over %d veths",
 		lat[0], lat[len(lat)/2], lat[len(lat)-1], len(lat))
-	if lat[len(lat)-1] > time.Second {
-		t.Errorf("a new matching interface took %v to be protected; want under 1 s", lat[len(lat)-1])
+	// One second in real time; an emulated guest's second (nstest.Scaled).
+	if bound := nstest.Scaled(time.Second); lat[len(lat)-1] > bound {
+		t.Errorf("a new matching interface took %v to be protected; want under %v", lat[len(lat)-1], bound)
 	}
 	if n := a.log.count(`"what":"attached"`, `interface xmn0 appeared and matches xm*`); n != 1 {
 		t.Errorf("want a log line saying xmn0 appeared and matches xm*, got %d", n)
@@ -172,7 +173,7 @@ func (h *host) rename(t *testing.T, from, to string) {
 	}
 }
 
-// TestBurstCoalesced: 60 matching veths created as fast as netlink allows
+// TestBurstCoalesced: 60 matching veths (15 in an emulated guest) created as fast as netlink allows
 // are all protected, in far fewer reconciles than there were links; then,
 // with all of them attached, one more is still protected within 1 s.
 //
@@ -182,7 +183,13 @@ func TestBurstCoalesced(t *testing.T) {
 	cfg := h.writeConfig(t, "interfaces:\n  include: [\"xb*\"]\n")
 	a := h.startAgent(t, cfg)
 	atStart := a.log.count(`"msg":"reconciled"`)
-	const n = 60
+	n := 60
+	if nstest.Emulated() {
+		// Each attach verifies the programs anew, seconds under TCG:
+		// 60 took 6-12 minutes. 15 still make a burst many times
+		// larger than the passes allowed for it.
+		n = 15
+	}
 	start := time.Now()
 	for i := range n {
 		h.veth(t, fmt.Sprintf("xb%d", i))
@@ -204,8 +211,8 @@ func TestBurstCoalesced(t *testing.T) {
 	}
 	lat := h.upToProtected(t, "xbnew")
 	t.Logf("with %d interfaces protected, a new one: link up -> XDP attached in %v", n, lat)
-	if lat > time.Second {
-		t.Errorf("with %d interfaces protected a new one took %v; want under 1 s", n, lat)
+	if bound := nstest.Scaled(time.Second); lat > bound {
+		t.Errorf("with %d interfaces protected a new one took %v; want under %v", n, lat, bound)
 	}
 }
 
@@ -299,12 +306,19 @@ func TestOneBadInterfaceDoesNotBlockOthers(t *testing.T) {
 		return got != 0 && got != foreign, nil
 	})
 	h.waitFor(t, 5*time.Second, "xf1 in this agent's status", func(st status) bool { return st.has("xf1", "xdp") })
-	if a.log.count("interface protected again", `"interface":"xf1"`) != 1 {
-		t.Errorf("no log line saying xf1 is protected again")
+	// The program is in place before the pass that attached it ends, logs
+	// and updates readiness (a gap seen in an emulated guest): wait for
+	// the pass, then hold it to exactly one line.
+	nstest.Eventually(t, 5*time.Second, "a log line saying xf1 is protected again", func() (bool, error) {
+		return a.log.count("interface protected again", `"interface":"xf1"`) > 0, nil
+	})
+	if n := a.log.count("interface protected again", `"interface":"xf1"`); n != 1 {
+		t.Errorf("%d log lines saying xf1 is protected again, want 1", n)
 	}
-	if code, body, err := get(h.ns, "http://127.0.0.1:9477/readyz"); code != 200 {
-		t.Errorf("/readyz with every interface protected: %d %q %v", code, body, err)
-	}
+	nstest.Eventually(t, 5*time.Second, "/readyz to pass with every interface protected", func() (bool, error) {
+		code, body, err := get(h.ns, "http://127.0.0.1:9477/readyz")
+		return code == 200, fmt.Errorf("/readyz: %d %q %v", code, body, err)
+	})
 }
 
 // TestLoopbackOnlyWhenNamed: "*" protects every Ethernet interface but not

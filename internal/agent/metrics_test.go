@@ -19,7 +19,7 @@ import (
 // loopback) and returns the status code and body.
 func get(ns *nstest.NS, url string) (int, string, error) {
 	client := &http.Client{
-		Timeout: 5 * time.Second,
+		Timeout: nstest.Scaled(5 * time.Second),
 		Transport: &http.Transport{
 			DisableKeepAlives: true,
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf/rlimit"
+
 	"github.com/xdpguard/xdpguard/internal/nstest"
 )
 
@@ -92,7 +94,22 @@ func setprivCaps(caps []string) string {
 // private mount namespace whose root file system is read-only (as
 // ProtectSystem=strict; /sys, and so bpffs, stay writable), no_new_privs, and
 // only the given capabilities in the bounding set.
-func sandbox(caps []string) []string {
+func sandbox(t *testing.T, set map[string]string, caps []string) []string {
+	t.Helper()
+	// The unit's locked-memory limit, which systemd sets before it drops
+	// privileges: on kernels before 5.11, which charge BPF maps to it, the
+	// agent cannot raise it without CAP_SYS_RESOURCE. Found by `make
+	// vmtest` on 5.10, where the test's inherited 64 KiB made the agent
+	// fail while the unit itself works. The agent inherits the limit from
+	// this process, which raises its own as systemd would (where the
+	// kernel charges maps to it; elsewhere the limit plays no part and
+	// this machine may not allow raising it).
+	if got := set["LimitMEMLOCK"]; got != "infinity" {
+		t.Fatalf("the unit sets LimitMEMLOCK=%q, want infinity: on Linux 5.10 the agent could not create its maps", got)
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		t.Fatalf("give the sandbox the unit's LimitMEMLOCK=infinity: %v", err)
+	}
 	return []string{"unshare", "--mount", "--propagation", "private",
 		"sh", "-c", `mount --bind / / && mount -o remount,bind,ro / && exec "$@"`, "sh",
 		"setpriv", "--no-new-privs", "--bounding-set=" + setprivCaps(caps)}
@@ -100,7 +117,7 @@ func sandbox(caps []string) []string {
 
 // TestRunsWithUnitCapabilities: the agent, in the unit's sandbox as far as it
 // can be rebuilt here (read-only root file system, no_new_privs, only the
-// capabilities the unit grants), protects an interface, with its pins seen
+// capabilities the unit grants, its locked-memory limit), protects an interface, with its pins seen
 // from outside its mount namespace; restarted, it adopts it. Without
 // CAP_SYS_ADMIN it cannot adopt, which is why the unit grants it.
 func TestRunsWithUnitCapabilities(t *testing.T) {
@@ -109,7 +126,7 @@ func TestRunsWithUnitCapabilities(t *testing.T) {
 	caps := strings.Fields(set["CapabilityBoundingSet"])
 	h := newHost(t)
 	h.veth(t, "xc0")
-	h.wrap = sandbox(caps)
+	h.wrap = sandbox(t, set, caps)
 	cfg := h.writeConfig(t, "interfaces:\n  include: [xc0]\n  egress: true\n")
 	a := h.startAgent(t, cfg)
 	prog := h.kernelXDP(t, "xc0")
@@ -129,7 +146,7 @@ func TestRunsWithUnitCapabilities(t *testing.T) {
 	a.stop(t, syscall.SIGKILL)
 
 	fewer := slices.DeleteFunc(slices.Clone(caps), func(c string) bool { return c == "CAP_SYS_ADMIN" })
-	h.wrap = sandbox(fewer)
+	h.wrap = sandbox(t, set, fewer)
 	a = h.startAgent(t, cfg)
 	nstest.Eventually(t, 5*time.Second, "adoption to fail without CAP_SYS_ADMIN", func() (bool, error) {
 		return a.log.count(`"msg":"interface unprotected"`, "operation not permitted") > 0, nil
