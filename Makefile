@@ -9,6 +9,11 @@ BIN := bin/xdpguard
 
 all: build
 
+# `make print-LDFLAGS`: a variable's value, for scripts that must build
+# exactly as this Makefile does (scripts/vmtest.sh).
+print-%:
+	@echo '$($*)'
+
 deps:
 	./scripts/deps.sh
 
