@@ -40,7 +40,7 @@ struct sample {
 
 /* Per interface (one instance per attach, pinned next to the counters):
  * the slots of xdpguard_stats in xdpguard_sstats, those of xdpguard_stats2
- * in xdpguard_sstat2 (stats_slot). */
+ * in xdpguard_sstat2. */
 struct sample_count {
 	__u64 sampled;    /* samples put on the ring buffer */
 	__u64 suppressed; /* drops not sampled: budget spent, sampling off, ring full */
@@ -128,19 +128,32 @@ static __always_inline int sample_take(void)
 	return 1;
 }
 
-static __always_inline void sample_count(enum hook hook, enum reason r, int sampled)
+static __always_inline void sample_add(struct sample_count *c, int sampled)
 {
-	int second;
-	__u32 slot = stats_slot(hook, r, &second);
-	struct sample_count *c = bpf_map_lookup_elem(second ? (void *)&xdpguard_sstat2
-							    : (void *)&xdpguard_sstats, &slot);
-
 	if (!c)
 		return;
 	if (sampled)
 		c->sampled++;
 	else
 		c->suppressed++;
+}
+
+/* sample_count2 is sample_count for a reason of xdpguard_sstat2, not
+ * inlined for the reason count2 is not. */
+static __noinline void sample_count2(__u32 slot, int sampled)
+{
+	sample_add(bpf_map_lookup_elem(&xdpguard_sstat2, &slot), sampled);
+}
+
+static __always_inline void sample_count(enum hook hook, enum reason r, int sampled)
+{
+	__u32 slot = hook * REASON_STATS_MAX + r;
+
+	if (r >= REASON_STATS_MAX) {
+		sample_count2(stats2_slot(hook, r), sampled);
+		return;
+	}
+	sample_add(bpf_map_lookup_elem(&xdpguard_sstats, &slot), sampled);
 }
 
 /* sample_reserve returns a ring buffer record with the header filled, or

@@ -325,13 +325,11 @@ struct {
 	__type(value, struct counter);
 } xdpguard_stats2 SEC(".maps");
 
-/* stats_slot is the counters map and slot a reason is counted in. */
-static __always_inline __u32 stats_slot(enum hook hook, enum reason r, int *second)
+/* stats2_slot is the slot of a reason of the second maps (r >=
+ * REASON_STATS_MAX); the first maps' slot is hook * REASON_STATS_MAX + r. */
+static __always_inline __u32 stats2_slot(enum hook hook, enum reason r)
 {
-	*second = r >= REASON_STATS_MAX;
-	if (*second)
-		return hook * REASON_STATS2 + (r - REASON_STATS_MAX);
-	return hook * REASON_STATS_MAX + r;
+	return hook * REASON_STATS2 + (r - REASON_STATS_MAX);
 }
 
 static __always_inline int is_drop(enum reason r)
@@ -642,13 +640,30 @@ static __always_inline enum reason classify(void *data, void *data_end, enum hoo
 	return r;
 }
 
+/* count2 counts a reason of xdpguard_stats2. A function of its own, not
+ * inlined: inlined, clang merges its lookup and count's into one call whose
+ * map is one of two, which the verifier cannot inline, and every packet's
+ * counter would cost a helper call. */
+static __noinline void count2(__u32 slot, __u64 bytes)
+{
+	struct counter *c = bpf_map_lookup_elem(&xdpguard_stats2, &slot);
+
+	if (c) {
+		c->packets++;
+		c->bytes += bytes;
+	}
+}
+
 static __always_inline void count(enum hook hook, enum reason r, __u64 bytes)
 {
-	int second;
-	__u32 slot = stats_slot(hook, r, &second);
-	struct counter *c = bpf_map_lookup_elem(second ? (void *)&xdpguard_stats2
-						       : (void *)&xdpguard_stats, &slot);
+	__u32 slot = hook * REASON_STATS_MAX + r;
+	struct counter *c;
 
+	if (r >= REASON_STATS_MAX) {
+		count2(stats2_slot(hook, r), bytes);
+		return;
+	}
+	c = bpf_map_lookup_elem(&xdpguard_stats, &slot);
 	if (c) {
 		c->packets++;
 		c->bytes += bytes;
