@@ -138,19 +138,14 @@ static __always_inline void sample_add(struct sample_count *c, int sampled)
 		c->suppressed++;
 }
 
-/* sample_count2 is sample_count for a reason of xdpguard_sstat2, not
- * inlined for the reason count2 is not. */
-static __noinline void sample_count2(__u32 slot, int sampled)
-{
-	sample_add(bpf_map_lookup_elem(&xdpguard_sstat2, &slot), sampled);
-}
-
 static __always_inline void sample_count(enum hook hook, enum reason r, int sampled)
 {
 	__u32 slot = hook * REASON_STATS_MAX + r;
 
 	if (r >= REASON_STATS_MAX) {
-		sample_count2(stats2_slot(hook, r), sampled);
+		slot = stats2_slot(hook, r);
+		sample_add(bpf_map_lookup_elem(&xdpguard_sstat2, &slot), sampled);
+		keep_apart(); /* see count */
 		return;
 	}
 	sample_add(bpf_map_lookup_elem(&xdpguard_sstats, &slot), sampled);

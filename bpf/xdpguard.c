@@ -640,19 +640,13 @@ static __always_inline enum reason classify(void *data, void *data_end, enum hoo
 	return r;
 }
 
-/* count2 counts a reason of xdpguard_stats2. A function of its own, not
- * inlined: inlined, clang merges its lookup and count's into one call whose
- * map is one of two, which the verifier cannot inline, and every packet's
- * counter would cost a helper call. */
-static __noinline void count2(__u32 slot, __u64 bytes)
-{
-	struct counter *c = bpf_map_lookup_elem(&xdpguard_stats2, &slot);
-
-	if (c) {
-		c->packets++;
-		c->bytes += bytes;
-	}
-}
+/* keep_apart ends a branch whose map lookup must stay its own call: clang
+ * would otherwise merge two lookups of two maps that end alike into one call
+ * whose map is one of two, which the verifier cannot inline (an array
+ * lookup becomes a helper call, on every packet). Not a subprogram either:
+ * ProgramSpec.Compatible, which tells the loader an attached program is
+ * current, cannot match the tag of a program with BPF-to-BPF calls. */
+#define keep_apart() asm volatile("" ::: "memory")
 
 static __always_inline void count(enum hook hook, enum reason r, __u64 bytes)
 {
@@ -660,7 +654,13 @@ static __always_inline void count(enum hook hook, enum reason r, __u64 bytes)
 	struct counter *c;
 
 	if (r >= REASON_STATS_MAX) {
-		count2(stats2_slot(hook, r), bytes);
+		slot = stats2_slot(hook, r);
+		c = bpf_map_lookup_elem(&xdpguard_stats2, &slot);
+		if (c) {
+			c->packets++;
+			c->bytes += bytes;
+		}
+		keep_apart();
 		return;
 	}
 	c = bpf_map_lookup_elem(&xdpguard_stats, &slot);

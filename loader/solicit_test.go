@@ -301,3 +301,28 @@ func TestSolicitTableFull(t *testing.T) {
 	}
 	t.Logf("%d requests sent into a table of %d: %d replies solicited, %d dropped as unsolicited", sent, size, solicited, dropped)
 }
+
+// TestLoadedProgramsMatchSpec: every program, as the kernel holds it,
+// matches the compiled spec's tag, so an Apply that changes nothing finds
+// the attached programs current without loading them again
+// (runsCurrentPrograms). A program with BPF-to-BPF calls does not (the
+// counting of the reasons added with directions was one, for a while:
+// every agent resync then verified the programs anew).
+func TestLoadedProgramsMatchSpec(t *testing.T) {
+	h := newHarness(t)
+	spec, err := compiledSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, prog := range map[string]*ebpf.Program{
+		"xdpguard_xdp": h.dp.XDP, "xdpguard_tc": h.dp.TC, "xdpguard_xdp_l3": h.dp.XDPL3, "xdpguard_tc_l3": h.dp.TCL3,
+	} {
+		info, err := prog.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !matchesSpec(spec, name, info) {
+			t.Errorf("%s as loaded does not match its spec: %v", name, spec.Programs[name].Compatible(info))
+		}
+	}
+}

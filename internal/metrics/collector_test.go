@@ -20,7 +20,7 @@ import (
 // reasonNames are the reason labels, spelled out: they are a stable
 // interface, and a rename must fail this test.
 var reasonNames = []string{"pass", "allowlisted", "drop_request", "drop_response", "drop_fragment",
-	"drop_orphan_fragment", "drop_malformed", "would_drop", "pass_orphan_fragment"}
+	"drop_orphan_fragment", "drop_malformed", "would_drop", "pass_orphan_fragment", "solicited", "drop_unsolicited"}
 
 // fakeSnapshot is a host with eth0 on both hooks and veth1 on XDP only.
 func fakeSnapshot() *Snapshot {
