@@ -39,7 +39,8 @@ struct sample {
 };
 
 /* Per interface (one instance per attach, pinned next to the counters):
- * slot = hook * REASON_MAX + reason, as in xdpguard_stats. */
+ * the slots of xdpguard_stats in xdpguard_sstats, those of xdpguard_stats2
+ * in xdpguard_sstat2. */
 struct sample_count {
 	__u64 sampled;    /* samples put on the ring buffer */
 	__u64 suppressed; /* drops not sampled: budget spent, sampling off, ring full */
@@ -82,10 +83,17 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, HOOK_MAX * REASON_MAX);
+	__uint(max_entries, HOOK_MAX * REASON_STATS_MAX);
 	__type(key, __u32);
 	__type(value, struct sample_count);
 } xdpguard_sstats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HOOK_MAX * REASON_STATS2);
+	__type(key, __u32);
+	__type(value, struct sample_count);
+} xdpguard_sstat2 SEC(".maps");
 
 /* sample_take spends one token of this CPU's budget; 0 when there is none. */
 static __always_inline int sample_take(void)
@@ -120,17 +128,27 @@ static __always_inline int sample_take(void)
 	return 1;
 }
 
-static __always_inline void sample_count(enum hook hook, enum reason r, int sampled)
+static __always_inline void sample_add(struct sample_count *c, int sampled)
 {
-	__u32 slot = hook * REASON_MAX + r;
-	struct sample_count *c = bpf_map_lookup_elem(&xdpguard_sstats, &slot);
-
 	if (!c)
 		return;
 	if (sampled)
 		c->sampled++;
 	else
 		c->suppressed++;
+}
+
+static __always_inline void sample_count(enum hook hook, enum reason r, int sampled)
+{
+	__u32 slot = hook * REASON_STATS_MAX + r;
+
+	if (r >= REASON_STATS_MAX) {
+		slot = stats2_slot(hook, r);
+		sample_add(bpf_map_lookup_elem(&xdpguard_sstat2, &slot), sampled);
+		keep_apart(); /* see count */
+		return;
+	}
+	sample_add(bpf_map_lookup_elem(&xdpguard_sstats, &slot), sampled);
 }
 
 /* sample_reserve returns a ring buffer record with the header filled, or

@@ -28,14 +28,14 @@ func TestLiveConfig(t *testing.T) {
 
 	st := h.status(t)
 	prog := st.xdp()["xl0"]
-	if prog == 0 || !reflect.DeepEqual(st.Config.Ports, []uint16{11211}) || st.Config.Allow.IPv4 != 1 {
+	if prog == 0 || !reflect.DeepEqual([]uint16(st.Config.Ports), []uint16{11211}) || st.Config.Allow.IPv4 != 1 {
 		t.Fatalf("start: %+v", st)
 	}
 
 	// An edit of the config file (replaced by rename) is applied by itself.
 	h.writeConfig(t, base+"ports: [11211, 11212]\nmode: monitor\n")
 	h.waitFor(t, 5*time.Second, "ports 11211,11212 and monitor mode from the edited file", func(st status) bool {
-		return reflect.DeepEqual(st.Config.Ports, []uint16{11211, 11212}) && st.Config.Mode == "monitor"
+		return reflect.DeepEqual([]uint16(st.Config.Ports), []uint16{11211, 11212}) && st.Config.Mode == "monitor"
 	})
 	if n := a.log.count(`"what":"ports"`, `11211 -> 11211,11212`); n != 1 {
 		t.Errorf("want one log line for the ports change, got %d", n)
@@ -81,7 +81,7 @@ func TestLiveConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	st = h.waitFor(t, 5*time.Second, "port 53 and enforce mode", func(st status) bool {
-		return reflect.DeepEqual(st.Config.Ports, []uint16{53}) && st.Config.Mode == "enforce"
+		return reflect.DeepEqual([]uint16(st.Config.Ports), []uint16{53}) && st.Config.Mode == "enforce"
 	})
 	if st.xdp()["xl0"] != prog {
 		t.Errorf("config changes replaced the XDP program %d with %d: they must be live map updates", prog, st.xdp()["xl0"])
@@ -148,7 +148,7 @@ func TestResyncRepairs(t *testing.T) {
 		return st.has("xr0", "xdp") && st.has("xr1", "xdp") &&
 			a.log.count(`"what":"attached"`, `"interface":"xr0"`, `"trigger":"periodic resync"`) == 1
 	})
-	if !reflect.DeepEqual(st.Config.Ports, []uint16{53, 11211}) {
+	if !reflect.DeepEqual([]uint16(st.Config.Ports), []uint16{53, 11211}) {
 		t.Errorf("after the state was removed and made again, ports %v, want the config's 53,11211", st.Config.Ports)
 	}
 }
@@ -185,11 +185,11 @@ func TestConfigMapSymlinkSwap(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.startAgent(t, cfg)
-	if st := h.status(t); !st.has("xk0", "xdp") || !reflect.DeepEqual(st.Config.Ports, []uint16{11211}) {
+	if st := h.status(t); !st.has("xk0", "xdp") || !reflect.DeepEqual([]uint16(st.Config.Ports), []uint16{11211}) {
 		t.Fatalf("start: %+v", st)
 	}
 	version("..2026_11_28_02", "[11211, 11311]")
 	h.waitFor(t, 5*time.Second, "the swapped-in ports", func(st status) bool {
-		return reflect.DeepEqual(st.Config.Ports, []uint16{11211, 11311})
+		return reflect.DeepEqual([]uint16(st.Config.Ports), []uint16{11211, 11311})
 	})
 }

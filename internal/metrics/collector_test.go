@@ -20,7 +20,7 @@ import (
 // reasonNames are the reason labels, spelled out: they are a stable
 // interface, and a rename must fail this test.
 var reasonNames = []string{"pass", "allowlisted", "drop_request", "drop_response", "drop_fragment",
-	"drop_orphan_fragment", "drop_malformed", "would_drop", "pass_orphan_fragment"}
+	"drop_orphan_fragment", "drop_malformed", "would_drop", "pass_orphan_fragment", "solicited", "drop_unsolicited"}
 
 // fakeSnapshot is a host with eth0 on both hooks and veth1 on XDP only.
 func fakeSnapshot() *Snapshot {
@@ -39,7 +39,7 @@ func fakeSnapshot() *Snapshot {
 			// The same name in a container's namespace.
 			{Interface: "eth0", Ifindex: 2, Netns: 4026532301, Hook: "xdp", Mode: "generic", ProgramID: 43},
 		},
-		Config: loader.Config{Mode: loader.ModeMonitor, FragPolicy: loader.FragStrict, Ports: []uint16{53, 11211}},
+		Config: loader.Config{Mode: loader.ModeMonitor, FragPolicy: loader.FragStrict, Ports: loader.BothPorts(53, 11211)},
 		Allow:  AllowCounts{IPv4: 3, IPv6: 1},
 		Maps: []MapFill{
 			{Name: "allow4", Entries: 3, MaxEntries: 1 << 20},
