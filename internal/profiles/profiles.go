@@ -170,9 +170,9 @@ var builtin = []Profile{
 		// Akamai SIRT measured amplification of "up to 15,300%" of the
 		// request's size. Copies of TA14-017A's table disagree with each other
 		// on this row, so the measurement itself is cited.
-		Factor: Factor{153, 153, "up to 153"},
-		Source: "https://www.akamai.com/blog/security/new-ddos-vector-observed-in-the-wild-wsd-attacks-hitting-35gbps",
-		Why:    "Windows hosts and ONVIF clients probe for devices: answers to their own probes must pass",
+		Factor:      Factor{153, 153, "up to 153"},
+		Source:      "https://www.akamai.com/blog/security/new-ddos-vector-observed-in-the-wild-wsd-attacks-hitting-35gbps",
+		Why:         "Windows hosts and ONVIF clients probe for devices: answers to their own probes must pass",
 		Limitations: multicastCaveat,
 	},
 	{
