@@ -60,6 +60,7 @@ type Profile struct {
 	Direction   Direction // the default direction
 	Factor      Factor
 	Source      string // URL of the publication the factor is taken from
+	SourceTitle string // that publication, briefly
 	Why         string // why this default direction
 	Limitations string // what the port-based protection cannot see, if anything
 }
@@ -71,7 +72,10 @@ type Profile struct {
 // factors here. The figures were checked against public copies of that
 // table's text; the 2015 revision's stored copy of the alert confirms the
 // vector list and the definition of the factor.
-const ta14017a = "https://www.cisa.gov/news-events/alerts/2014/01/17/udp-based-amplification-attacks"
+const (
+	ta14017a      = "https://www.cisa.gov/news-events/alerts/2014/01/17/udp-based-amplification-attacks"
+	ta14017aTitle = "US-CERT TA14-017A"
+)
 
 // multicastCaveat applies to discovery protocols whose requests go to a
 // multicast group: the answers come from each responder's own address, which
@@ -89,89 +93,91 @@ const multicastCaveat = "discovery by multicast is answered from addresses the r
 var builtin = []Profile{
 	{
 		Name: "dns", Protocol: "DNS", Ports: []uint16{53}, Direction: Response,
-		Factor: Factor{28, 54, "28 to 54"}, Source: ta14017a,
+		Factor: Factor{28, 54, "28 to 54"}, Source: ta14017a, SourceTitle: ta14017aTitle,
 		Why: "every host resolves names: answers to its own queries must pass",
 	},
 	{
 		Name: "ntp", Protocol: "NTP", Ports: []uint16{123}, Direction: Response,
-		Factor: Factor{556.9, 556.9, "556.9"}, Source: ta14017a,
+		Factor: Factor{556.9, 556.9, "556.9"}, Source: ta14017a, SourceTitle: ta14017aTitle,
 		Why: "every host sets its clock from NTP servers: answers to its own queries must pass",
 	},
 	{
 		Name: "snmp", Protocol: "SNMPv2", Ports: []uint16{161}, Direction: Response,
-		Factor: Factor{6.3, 6.3, "6.3"}, Source: ta14017a,
+		Factor: Factor{6.3, 6.3, "6.3"}, Source: ta14017a, SourceTitle: ta14017aTitle,
 		Why: "monitoring stations poll SNMP agents: their answers must pass",
 	},
 	{
 		Name: "netbios", Protocol: "NetBIOS", Ports: []uint16{137}, Direction: Response,
-		Factor: Factor{3.8, 3.8, "3.8"}, Source: ta14017a,
+		Factor: Factor{3.8, 3.8, "3.8"}, Source: ta14017a, SourceTitle: ta14017aTitle,
 		Why: "Windows and Samba clients resolve NetBIOS names: answers to their queries must pass",
 	},
 	{
 		Name: "ssdp", Protocol: "SSDP", Ports: []uint16{1900}, Direction: Response,
-		Factor: Factor{30.8, 30.8, "30.8"}, Source: ta14017a,
+		Factor: Factor{30.8, 30.8, "30.8"}, Source: ta14017a, SourceTitle: ta14017aTitle,
 		Why:         "desktops search for UPnP devices: answers to their own searches must pass",
 		Limitations: multicastCaveat,
 	},
 	{
 		Name: "chargen", Protocol: "CharGEN", Ports: []uint16{19}, Direction: Both,
-		Factor: Factor{358.8, 358.8, "358.8"}, Source: ta14017a,
+		Factor: Factor{358.8, 358.8, "358.8"}, Source: ta14017a, SourceTitle: ta14017aTitle,
 		Why: "a test service no host needs as a client: every answer is reflected, every request is abuse",
 	},
 	{
 		Name: "qotd", Protocol: "QOTD", Ports: []uint16{17}, Direction: Both,
-		Factor: Factor{140.3, 140.3, "140.3"}, Source: ta14017a,
+		Factor: Factor{140.3, 140.3, "140.3"}, Source: ta14017a, SourceTitle: ta14017aTitle,
 		Why: "a test service no host needs as a client: every answer is reflected, every request is abuse",
 	},
 	{
 		Name: "quake", Protocol: "Quake Network Protocol", Ports: []uint16{26000}, Direction: Response,
-		Factor: Factor{63.9, 63.9, "63.9"}, Source: ta14017a,
+		Factor: Factor{63.9, 63.9, "63.9"}, Source: ta14017a, SourceTitle: ta14017aTitle,
 		Why: "game clients query game servers: answers to their own queries must pass",
 	},
 	{
 		Name: "steam", Protocol: "Steam Protocol", Ports: []uint16{27015}, Direction: Response,
-		Factor: Factor{5.5, 5.5, "5.5"}, Source: ta14017a,
+		Factor: Factor{5.5, 5.5, "5.5"}, Source: ta14017a, SourceTitle: ta14017aTitle,
 		Why: "game clients query game servers: answers to their own queries must pass",
 	},
 	{
 		Name: "mdns", Protocol: "Multicast DNS (mDNS)", Ports: []uint16{5353}, Direction: Response,
-		Factor: Factor{2, 10, "2 to 10"}, Source: ta14017a,
+		Factor: Factor{2, 10, "2 to 10"}, Source: ta14017a, SourceTitle: ta14017aTitle,
 		Why:         "desktops resolve .local names: answers to their own unicast queries must pass",
 		Limitations: multicastCaveat,
 	},
 	{
 		Name: "ripv1", Protocol: "RIPv1", Ports: []uint16{520}, Direction: Both,
-		Factor: Factor{131.24, 131.24, "131.24"}, Source: ta14017a,
+		Factor: Factor{131.24, 131.24, "131.24"}, Source: ta14017a, SourceTitle: ta14017aTitle,
 		Why: "only routers speak RIP, from port 520 to port 520; a host that is not a router has no use for it",
 	},
 	{
 		Name: "portmap", Protocol: "Portmap (RPCbind)", Ports: []uint16{111}, Direction: Response,
-		Factor: Factor{7, 28, "7 to 28"}, Source: ta14017a,
+		Factor: Factor{7, 28, "7 to 28"}, Source: ta14017a, SourceTitle: ta14017aTitle,
 		Why: "NFS and other RPC clients ask rpcbind for ports: answers to their own queries must pass",
 	},
 	{
 		Name: "cldap", Protocol: "CLDAP", Ports: []uint16{389}, Direction: Response,
-		Factor: Factor{56, 70, "56 to 70"}, Source: ta14017a,
+		Factor: Factor{56, 70, "56 to 70"}, Source: ta14017a, SourceTitle: ta14017aTitle,
 		Why: "Active Directory members locate domain controllers with CLDAP: answers to their own pings must pass",
 	},
 	{
 		Name: "tftp", Protocol: "TFTP", Ports: []uint16{69}, Direction: Request,
-		Factor: Factor{60, 60, "60"}, Source: ta14017a,
+		Factor: Factor{60, 60, "60"}, Source: ta14017a, SourceTitle: ta14017aTitle,
 		Why:         "a TFTP server answers from a new port of its own, never from 69: only requests to 69 can be recognised by port",
 		Limitations: "reflected TFTP answers do not come from port 69, so no port filter sees them at the victim",
 	},
 	{
 		Name: "memcached", Protocol: "Memcached", Ports: []uint16{11211}, Direction: Both,
-		Factor: Factor{10000, 51000, "10,000 to 51,000"}, Source: ta14017a,
+		Factor: Factor{10000, 51000, "10,000 to 51,000"}, Source: ta14017a, SourceTitle: ta14017aTitle,
 		Why: "memcached clients use TCP; UDP from or to 11211 is an attack (xdpguard's default port and direction)",
 	},
 	{
 		Name: "ws-discovery", Protocol: "WS-Discovery", Ports: []uint16{3702}, Direction: Response,
-		// Akamai SIRT measured amplification of "up to 15,300%" of the
-		// request's size. Copies of TA14-017A's table disagree with each other
-		// on this row, so the measurement itself is cited.
+		// Akamai SIRT measured answers of "up to 15,300%" of the request's
+		// size. The public copies of TA14-017A's table found give 15,000 for
+		// this row, a figure the alert's own text could not be checked for,
+		// so the measurement is cited instead.
 		Factor:      Factor{153, 153, "up to 153"},
 		Source:      "https://www.akamai.com/blog/security/new-ddos-vector-observed-in-the-wild-wsd-attacks-hitting-35gbps",
+		SourceTitle: "Akamai SIRT, 2019",
 		Why:         "Windows hosts and ONVIF clients probe for devices: answers to their own probes must pass",
 		Limitations: multicastCaveat,
 	},
@@ -179,9 +185,10 @@ var builtin = []Profile{
 		Name: "arms", Protocol: "Apple Remote Management Service (ARMS)", Ports: []uint16{3283}, Direction: Both,
 		// The FBI's Private Industry Notification of July 2020 gives 35.5:1,
 		// as reported in the cited article.
-		Factor: Factor{35.5, 35.5, "35.5"},
-		Source: "https://www.itsecurityguru.org/2020/07/27/fbi-warns-of-network-protocols-abused-in-large-scale-ddos-attacks/",
-		Why:    "only Apple Remote Desktop's admin console is a client; ordinary hosts never are",
+		Factor:      Factor{35.5, 35.5, "35.5"},
+		Source:      "https://www.itsecurityguru.org/2020/07/27/fbi-warns-of-network-protocols-abused-in-large-scale-ddos-attacks/",
+		SourceTitle: "FBI PIN, July 2020, as reported",
+		Why:         "only Apple Remote Desktop's admin console is a client; ordinary hosts never are",
 	},
 }
 

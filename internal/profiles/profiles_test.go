@@ -21,8 +21,8 @@ func TestTableInvariants(t *testing.T) {
 			t.Errorf("profile %q listed twice", p.Name)
 		}
 		seen[p.Name] = true
-		if p.Protocol == "" || p.Why == "" {
-			t.Errorf("profile %q: protocol and the reason for its direction must be given", p.Name)
+		if p.Protocol == "" || p.Why == "" || p.SourceTitle == "" {
+			t.Errorf("profile %q: protocol, source title and the reason for its direction must be given", p.Name)
 		}
 		if len(p.Ports) == 0 {
 			t.Errorf("profile %q: no port", p.Name)
