@@ -425,10 +425,10 @@ func (s *spoofs) next() (frames [][]byte, c floodCount, err error) {
 	return frames, floodCount{datagrams: 1, later: uint64(len(frames) - 1)}, err
 }
 
-// flood injects spoofed answers until stop is closed (at least min
+// flood injects spoofed answers until stop is closed (at least least
 // datagrams), pacing itself to about 20,000 datagrams a second so the
 // victim's clients share two CPUs with it, and reports what it sent.
-func (r *reflectionRig) flood(seed uint64, min int, stop <-chan struct{}) (floodCount, error) {
+func (r *reflectionRig) flood(seed uint64, least int, stop <-chan struct{}) (floodCount, error) {
 	s := &spoofs{rng: rand.New(rand.NewPCG(seed, seed^0x5eed))}
 	var sent floodCount
 	tick := time.NewTicker(time.Millisecond)
@@ -448,7 +448,7 @@ func (r *reflectionRig) flood(seed uint64, min int, stop <-chan struct{}) (flood
 		}
 		select {
 		case <-stop:
-			if sent.datagrams >= uint64(min) {
+			if sent.datagrams >= uint64(least) {
 				return sent, nil
 			}
 		default:
