@@ -425,8 +425,8 @@ func (s *spoofs) next() (frames [][]byte, c floodCount, err error) {
 	return frames, floodCount{datagrams: 1, later: uint64(len(frames) - 1)}, err
 }
 
-// flood injects spoofed answers until stop is closed (at least least
-// datagrams), pacing itself to about 20,000 datagrams a second so the
+// flood injects spoofed answers until stop is closed and at least least
+// datagrams are sent, pacing itself to about 20,000 datagrams a second so the
 // victim's clients share two CPUs with it, and reports what it sent.
 func (r *reflectionRig) flood(seed uint64, least int, stop <-chan struct{}) (floodCount, error) {
 	s := &spoofs{rng: rand.New(rand.NewPCG(seed, seed^0x5eed))}
