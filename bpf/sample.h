@@ -39,7 +39,8 @@ struct sample {
 };
 
 /* Per interface (one instance per attach, pinned next to the counters):
- * slot = hook * REASON_MAX + reason, as in xdpguard_stats. */
+ * the slots of xdpguard_stats in xdpguard_sstats, those of xdpguard_stats2
+ * in xdpguard_sstat2 (stats_slot). */
 struct sample_count {
 	__u64 sampled;    /* samples put on the ring buffer */
 	__u64 suppressed; /* drops not sampled: budget spent, sampling off, ring full */
@@ -82,10 +83,17 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, HOOK_MAX * REASON_MAX);
+	__uint(max_entries, HOOK_MAX * REASON_STATS_MAX);
 	__type(key, __u32);
 	__type(value, struct sample_count);
 } xdpguard_sstats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HOOK_MAX * REASON_STATS2);
+	__type(key, __u32);
+	__type(value, struct sample_count);
+} xdpguard_sstat2 SEC(".maps");
 
 /* sample_take spends one token of this CPU's budget; 0 when there is none. */
 static __always_inline int sample_take(void)
@@ -122,8 +130,10 @@ static __always_inline int sample_take(void)
 
 static __always_inline void sample_count(enum hook hook, enum reason r, int sampled)
 {
-	__u32 slot = hook * REASON_MAX + r;
-	struct sample_count *c = bpf_map_lookup_elem(&xdpguard_sstats, &slot);
+	int second;
+	__u32 slot = stats_slot(hook, r, &second);
+	struct sample_count *c = bpf_map_lookup_elem(second ? (void *)&xdpguard_sstat2
+							    : (void *)&xdpguard_sstats, &slot);
 
 	if (!c)
 		return;

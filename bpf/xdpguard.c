@@ -11,11 +11,25 @@
  * link's type. All four share the parser in parse.h and the policy below;
  * every packet is counted once, under one reason, per CPU.
  *
- * The policy, in order:
- *   1. not UDP, or no protected port in the datagram: pass;
- *   2. the peer (ingress: source, egress: destination) is allowlisted: pass;
- *   3. destination port protected: drop_request; source port: drop_response;
- *   4. monitor mode turns every drop into a pass counted as would_drop.
+ * Each protected port has a direction (config below): request (a service
+ * here must not reflect), response (this host must not be flooded with
+ * reflected answers: only replies to requests it sent pass), or both. The
+ * policy, in order, for a UDP datagram (P is a protected port):
+ *   ingress (XDP; the peer is the source):
+ *     1. dport P, request or both: allowlisted or drop_request;
+ *     2. sport P, both: allowlisted or drop_response;
+ *        sport P, response: allowlisted, else solicited when the request
+ *        table holds a live entry for the reply's addresses and ports,
+ *        else drop_unsolicited;
+ *     3. pass (dport P of a response port: a client here may ask; sport P
+ *        of a request port: this host may be a client of P).
+ *   egress (TC; the peer is the destination):
+ *     1. dport P, both: allowlisted or drop_request;
+ *     2. sport P, request or both: allowlisted or drop_response;
+ *     3. pass; dport P of a response port: the request is recorded in the
+ *        request table first, so its reply is solicited.
+ *   Not UDP, or no protected port: pass. Monitor mode turns every drop
+ *   into a pass counted as would_drop.
  * Later fragments follow their first fragment's verdict (frag table), per
  * hook, for as long as the kernel would keep the datagram's fragments queued;
  * headers that cannot be read where the packet could be UDP are dropped. */
@@ -36,8 +50,18 @@ enum reason {
 	REASON_DROP_MALFORMED,       /* could be UDP, headers unreadable */
 	REASON_WOULD_DROP,           /* monitor mode: any of the drops above */
 	REASON_PASS_ORPHAN_FRAGMENT, /* track: later fragment, first never seen */
+	/* Counted in xdpguard_stats2 (slot = hook * REASON_STATS2 + reason -
+	 * REASON_STATS_MAX): xdpguard_stats keeps its size, so counters pinned
+	 * by a release before directions carry on through an upgrade. */
+	REASON_SOLICITED,        /* from a response port, answering a request sent here */
+	REASON_DROP_UNSOLICITED, /* from a response port, answering no request sent here */
 	REASON_MAX,
 };
+
+/* The reasons xdpguard_stats and xdpguard_sstats count, and those counted
+ * in xdpguard_stats2 and xdpguard_sstat2. */
+#define REASON_STATS_MAX REASON_SOLICITED
+#define REASON_STATS2 (REASON_MAX - REASON_STATS_MAX)
 
 /* Mirrored by loader.Hook: BTF does not carry an enum no variable has. */
 enum hook {
@@ -64,13 +88,36 @@ enum frag_policy {
 /* Everything an attached program reads per packet, in one array slot, so one
  * (inlined) array lookup serves the whole policy. The loader writes it whole;
  * a word it does not change is rewritten with its own value, so a change
- * never opens a window for traffic it does not concern. */
+ * never opens a window for traffic it does not concern.
+ *
+ * A port's direction is its two bits: request only, response only, or both
+ * (today's memcached protection). The layout before directions had one
+ * bitmap, ports, where request_ports is: the loader upgrades it in place
+ * (loader/configmap.go). */
 struct config {
 	enum mode mode;
 	enum frag_policy frag_policy;
 	__u32 allow4_active; /* 0 when the IPv4 allow list is empty: skip it */
 	__u32 allow6_active;
-	__u64 ports[PORT_WORDS]; /* bitmap of protected ports */
+	__u64 request_ports[PORT_WORDS];  /* direction request or both */
+	__u64 response_ports[PORT_WORDS]; /* direction response or both */
+};
+
+/* The request table's keys, one table per family: a datagram this host sent
+ * to a response port, as its reply will come back (local = this host). Ports
+ * in host order. */
+struct req4_key {
+	__u32 laddr;
+	__u32 raddr;
+	__u16 lport;
+	__u16 rport;
+};
+
+struct req6_key {
+	__u32 laddr[4];
+	__u32 raddr[4];
+	__u16 lport;
+	__u16 rport;
 };
 
 struct lpm_v4_key {
@@ -118,6 +165,11 @@ struct counter {
 /* Sizes the loader may override before load. */
 #define ALLOW_MAX_ENTRIES (1 << 20)
 #define FRAG_MAX_ENTRIES 65536
+#define REQ_MAX_ENTRIES 65536 /* per family */
+
+/* How long a request's reply is awaited when its port's slot in
+ * xdpguard_expiry is 0 (the loader writes every response port's). */
+#define DEFAULT_SOLICIT_EXPIRY_SEC 30
 
 #define NSEC_PER_SEC 1000000000ULL
 
@@ -228,24 +280,77 @@ struct {
 	__type(value, struct frag_verdict);
 } xdpguard_frags6 SEC(".maps");
 
-/* One instance per attached interface: slot = hook * REASON_MAX + reason. */
+/* Requests sent to response ports: key as the reply will carry it, value
+ * the time (now_ns) past which no reply is awaited. Written by the egress
+ * program, read by the XDP one. An LRU: when full, the least recently used
+ * request is forgotten, and a reply to it is dropped as unsolicited. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, REQ_MAX_ENTRIES);
+	__type(key, struct req4_key);
+	__type(value, __u64);
+} xdpguard_req4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, REQ_MAX_ENTRIES);
+	__type(key, struct req6_key);
+	__type(value, __u64);
+} xdpguard_req6 SEC(".maps");
+
+/* Per port, seconds a request to it waits for its reply; read by the
+ * egress program only, when it records a request. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PORT_COUNT);
+	__type(key, __u32);
+	__type(value, __u32);
+} xdpguard_expiry SEC(".maps");
+
+/* One instance per attached interface: slot = hook * REASON_STATS_MAX +
+ * reason, for the reasons before REASON_STATS_MAX ... */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, HOOK_MAX * REASON_MAX);
+	__uint(max_entries, HOOK_MAX * REASON_STATS_MAX);
 	__type(key, __u32);
 	__type(value, struct counter);
 } xdpguard_stats SEC(".maps");
+
+/* ... and slot = hook * REASON_STATS2 + reason - REASON_STATS_MAX for the
+ * others. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HOOK_MAX * REASON_STATS2);
+	__type(key, __u32);
+	__type(value, struct counter);
+} xdpguard_stats2 SEC(".maps");
+
+/* stats_slot is the counters map and slot a reason is counted in. */
+static __always_inline __u32 stats_slot(enum hook hook, enum reason r, int *second)
+{
+	*second = r >= REASON_STATS_MAX;
+	if (*second)
+		return hook * REASON_STATS2 + (r - REASON_STATS_MAX);
+	return hook * REASON_STATS_MAX + r;
+}
 
 static __always_inline int is_drop(enum reason r)
 {
 	return r == REASON_DROP_REQUEST || r == REASON_DROP_RESPONSE ||
 	       r == REASON_DROP_FRAGMENT || r == REASON_DROP_ORPHAN_FRAGMENT ||
-	       r == REASON_DROP_MALFORMED;
+	       r == REASON_DROP_MALFORMED || r == REASON_DROP_UNSOLICITED;
 }
 
-static __always_inline int port_protected(const struct config *cfg, __u16 port)
+static __always_inline int port_bit(const __u64 *bitmap, __u16 port)
 {
-	return (cfg->ports[port >> PORT_WORD_SHIFT] >> (port & (PORT_WORD_BITS - 1))) & 1;
+	return (bitmap[port >> PORT_WORD_SHIFT] >> (port & (PORT_WORD_BITS - 1))) & 1;
+}
+
+/* now_ns is the clock of the request table: the coarse one where there is
+ * one (see frag_age), so an entry outlives its expiry by at most a tick. */
+static __always_inline __u64 now_ns(void)
+{
+	return coarse_clock ? bpf_ktime_get_coarse_ns() : bpf_ktime_get_ns();
 }
 
 /* block_of is the block of an address: its leading 24 bits. */
@@ -367,6 +472,99 @@ static __always_inline void frag_record(const struct packet *pkt, enum hook hook
 		bpf_map_update_elem(&xdpguard_frags6, &key, &verdict, BPF_ANY);
 }
 
+/* solicited reports whether a datagram arriving from a response port answers
+ * a request this host sent that is still awaited: one hash lookup, keyed as
+ * the egress program keyed the request (local = destination here). */
+static __always_inline int solicited(const struct packet *pkt)
+{
+	const __u64 *expiry;
+
+	if (pkt->family == 4) {
+		const __u8 *ip = ip_header(pkt, IPV4_MIN_HLEN);
+		struct req4_key key = { .lport = pkt->dport, .rport = pkt->sport };
+
+		if (!ip)
+			return 0;
+		copy_addr(&key.laddr, ip + IPV4_DADDR_OFF, IPV4_ADDR_LEN);
+		copy_addr(&key.raddr, ip + IPV4_SADDR_OFF, IPV4_ADDR_LEN);
+		expiry = bpf_map_lookup_elem(&xdpguard_req4, &key);
+	} else {
+		const __u8 *ip = ip_header(pkt, IPV6_HLEN);
+		struct req6_key key = { .lport = pkt->dport, .rport = pkt->sport };
+
+		if (!ip)
+			return 0;
+		copy_addr(key.laddr, ip + IPV6_DADDR_OFF, IPV6_ADDR_LEN);
+		copy_addr(key.raddr, ip + IPV6_SADDR_OFF, IPV6_ADDR_LEN);
+		expiry = bpf_map_lookup_elem(&xdpguard_req6, &key);
+	}
+	return expiry && now_ns() < *expiry;
+}
+
+/* record_request remembers a datagram this host sends to a response port,
+ * until its port's expiry, so that its reply passes as solicited. BPF_ANY:
+ * a repeated request extends the wait. */
+static __always_inline void record_request(const struct packet *pkt)
+{
+	__u32 port = pkt->dport;
+	const __u32 *sec = bpf_map_lookup_elem(&xdpguard_expiry, &port);
+	__u64 ttl = (sec && *sec) ? *sec : DEFAULT_SOLICIT_EXPIRY_SEC;
+	__u64 expiry = now_ns() + ttl * NSEC_PER_SEC;
+
+	if (pkt->family == 4) {
+		const __u8 *ip = ip_header(pkt, IPV4_MIN_HLEN);
+		struct req4_key key = { .lport = pkt->sport, .rport = pkt->dport };
+
+		if (!ip)
+			return;
+		copy_addr(&key.laddr, ip + IPV4_SADDR_OFF, IPV4_ADDR_LEN);
+		copy_addr(&key.raddr, ip + IPV4_DADDR_OFF, IPV4_ADDR_LEN);
+		bpf_map_update_elem(&xdpguard_req4, &key, &expiry, BPF_ANY);
+		return;
+	}
+	const __u8 *ip = ip_header(pkt, IPV6_HLEN);
+	struct req6_key key = { .lport = pkt->sport, .rport = pkt->dport };
+
+	if (!ip)
+		return;
+	copy_addr(key.laddr, ip + IPV6_SADDR_OFF, IPV6_ADDR_LEN);
+	copy_addr(key.raddr, ip + IPV6_DADDR_OFF, IPV6_ADDR_LEN);
+	bpf_map_update_elem(&xdpguard_req6, &key, &expiry, BPF_ANY);
+}
+
+/* decide_udp is the port policy for a UDP datagram with readable ports
+ * (the order of checks in the header comment). */
+static __always_inline enum reason decide_udp(const struct packet *pkt, const struct config *cfg,
+					      enum hook hook)
+{
+	int dreq = port_bit(cfg->request_ports, pkt->dport);
+	int dresp = port_bit(cfg->response_ports, pkt->dport);
+	int sreq = port_bit(cfg->request_ports, pkt->sport);
+	int sresp = port_bit(cfg->response_ports, pkt->sport);
+
+	if (hook == HOOK_XDP_INGRESS) {
+		if (dreq)
+			return allowlisted(cfg, pkt, hook) ? REASON_ALLOWLISTED : REASON_DROP_REQUEST;
+		if (sresp) {
+			if (allowlisted(cfg, pkt, hook))
+				return REASON_ALLOWLISTED;
+			if (sreq)
+				return REASON_DROP_RESPONSE;
+			/* A reply no request of this host's asked for: a
+			 * reflected flood, dropped before it costs an skb. */
+			return solicited(pkt) ? REASON_SOLICITED : REASON_DROP_UNSOLICITED;
+		}
+		return REASON_PASS;
+	}
+	if (dreq && dresp)
+		return allowlisted(cfg, pkt, hook) ? REASON_ALLOWLISTED : REASON_DROP_REQUEST;
+	if (sreq)
+		return allowlisted(cfg, pkt, hook) ? REASON_ALLOWLISTED : REASON_DROP_RESPONSE;
+	if (dresp)
+		record_request(pkt);
+	return REASON_PASS;
+}
+
 /* decide returns the reason for a parsed packet, before monitor mode. */
 static __always_inline enum reason decide(enum parse_result res, const struct packet *pkt,
 					  const struct config *cfg, enum hook hook)
@@ -395,17 +593,7 @@ static __always_inline enum reason decide(enum parse_result res, const struct pa
 	if (res != PARSE_UDP)
 		return REASON_PASS;
 
-	if (port_protected(cfg, pkt->dport)) {
-		if (allowlisted(cfg, pkt, hook))
-			return REASON_ALLOWLISTED;
-		return REASON_DROP_REQUEST;
-	}
-	if (port_protected(cfg, pkt->sport)) {
-		if (allowlisted(cfg, pkt, hook))
-			return REASON_ALLOWLISTED;
-		return REASON_DROP_RESPONSE;
-	}
-	return REASON_PASS;
+	return decide_udp(pkt, cfg, hook);
 }
 
 /* Where a program's frames start: the link type the loader attaches it to. */
@@ -456,8 +644,10 @@ static __always_inline enum reason classify(void *data, void *data_end, enum hoo
 
 static __always_inline void count(enum hook hook, enum reason r, __u64 bytes)
 {
-	__u32 slot = hook * REASON_MAX + r;
-	struct counter *c = bpf_map_lookup_elem(&xdpguard_stats, &slot);
+	int second;
+	__u32 slot = stats_slot(hook, r, &second);
+	struct counter *c = bpf_map_lookup_elem(second ? (void *)&xdpguard_stats2
+						       : (void *)&xdpguard_stats, &slot);
 
 	if (c) {
 		c->packets++;

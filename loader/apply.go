@@ -399,17 +399,29 @@ func (r *applyRun) reattach(l netlink.Link, dir string, opts AttachOptions) erro
 	}
 
 	// A fresh instance that keeps this interface's counters.
-	dp, err := loadForLink(r.g.Maps, kind, cur.stats, cur.samples)
+	dp, err := loadForLink(r.g.Maps, kind, cur.counters)
 	if err != nil {
 		return err
 	}
 	r.t.closeAtEnd(dp)
-	if cur.samples == nil {
-		// Attached by a release before sampling: its sample counters
-		// start here, pinned next to its counters.
-		path := filepath.Join(dir, pinSampleStats)
-		if err := dp.SampleStats.Pin(path); err != nil {
-			return fmt.Errorf("pin sample counters: %w", err)
+	// Attached by a release before sampling or before port directions:
+	// the counters it lacks start here, pinned next to its counters (the
+	// ones it has are kept: dp counts into them).
+	made := dp.Counters()
+	for _, c := range []struct {
+		had, made *ebpf.Map
+		pin       string
+	}{
+		{cur.counters.Stats2, made.Stats2, pinStats2},
+		{cur.counters.SampleStats, made.SampleStats, pinSampleStats},
+		{cur.counters.SampleStats2, made.SampleStats2, pinSampleStats2},
+	} {
+		if c.had != nil {
+			continue
+		}
+		path := filepath.Join(dir, c.pin)
+		if err := c.made.Pin(path); err != nil {
+			return fmt.Errorf("pin %s: %w", c.pin, err)
 		}
 		r.t.onFail(func() { os.Remove(path) })
 	}
@@ -582,7 +594,7 @@ func (r *applyRun) removeEgress(e entry, spec InterfaceSpec) error {
 		kind, err := entryPoints(l)
 		var dp *Dataplane
 		if err == nil {
-			dp, err = loadForLink(r.g.Maps, kind, a.stats, a.samples)
+			dp, err = loadForLink(r.g.Maps, kind, a.counters)
 		}
 		if err == nil {
 			_, tcProg := dp.Programs(kind)
@@ -607,12 +619,11 @@ func normaliseConfig(c Config) (Config, error) {
 	if c.FragPolicy != FragTrack && c.FragPolicy != FragStrict {
 		return c, fmt.Errorf("invalid fragment policy %d: use track or strict", c.FragPolicy)
 	}
-	c.Ports = slices.Clone(c.Ports)
-	slices.Sort(c.Ports)
-	c.Ports = slices.Compact(c.Ports)
-	if len(c.Ports) > 0 && c.Ports[0] == 0 {
-		return c, errors.New("invalid port 0: give ports from 1 to 65535")
+	ports, err := normalisePorts(c.Ports)
+	if err != nil {
+		return c, err
 	}
+	c.Ports = ports
 	return c, nil
 }
 
@@ -660,13 +671,14 @@ func (r *applyRun) writeSampleRate(rate uint32) error {
 	return nil
 }
 
-func joinPorts(ports []uint16) string {
+// joinPorts spells ports as a change shows them: 53/response(30s),11211.
+func joinPorts(ports []Port) string {
 	if len(ports) == 0 {
 		return "none"
 	}
 	s := make([]string, len(ports))
 	for i, p := range ports {
-		s[i] = fmt.Sprint(p)
+		s[i] = p.String()
 	}
 	return strings.Join(s, ",")
 }

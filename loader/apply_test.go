@@ -103,7 +103,7 @@ func applyRigWith(t *testing.T, backend TCBackend) *rig {
 // xg5 pruned, every config word, one prefix added and one deleted.
 var applyWant = DesiredState{
 	Interfaces: []InterfaceSpec{{Name: rigHostIf, Egress: true}, {Name: "xg3"}},
-	Config:     Config{Mode: ModeMonitor, FragPolicy: FragStrict, Ports: []uint16{53, DefaultPort}},
+	Config:     Config{Mode: ModeMonitor, FragPolicy: FragStrict, Ports: BothPorts(53, DefaultPort)},
 	Allow:      mustPrefixes("203.0.113.0/24", "198.51.100.0/24", "203.0.113.0/24"),
 	SampleRate: 100,
 }
@@ -240,10 +240,10 @@ func TestApplyRefusesBadInputChangingNothing(t *testing.T) {
 	r := applyRig(t)
 	before := r.snapshot(t)
 	for _, want := range []DesiredState{
-		{Interfaces: []InterfaceSpec{{Name: "xg3"}, {Name: "nosuch0"}}, Config: Config{Mode: ModeMonitor, Ports: []uint16{11211}}},
+		{Interfaces: []InterfaceSpec{{Name: "xg3"}, {Name: "nosuch0"}}, Config: Config{Mode: ModeMonitor, Ports: BothPorts(11211)}},
 		{Interfaces: []InterfaceSpec{{Name: "xg3"}, {Name: "xg3"}}},
 		{Interfaces: []InterfaceSpec{{Name: "xg3", Mode: "offload"}}},
-		{Config: Config{Mode: 7, Ports: []uint16{11211}}},
+		{Config: Config{Mode: 7, Ports: BothPorts(11211)}},
 		{Interfaces: []InterfaceSpec{{Name: rigHostIf}}, Config: DefaultConfig(), SampleRate: MaxSampleRate + 1},
 	} {
 		r.do(t, func(g *Guard) error {

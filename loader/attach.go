@@ -188,7 +188,7 @@ func (g *Guard) attachNew(t *txn, l netlink.Link, dir string, opts AttachOptions
 	}
 	t.onFail(func() { os.RemoveAll(dir) })
 
-	dp, err := loadForLink(g.Maps, kind, nil, nil)
+	dp, err := loadForLink(g.Maps, kind, Counters{})
 	if err != nil {
 		return res, err
 	}
@@ -197,7 +197,13 @@ func (g *Guard) attachNew(t *txn, l netlink.Link, dir string, opts AttachOptions
 	if err := dp.Stats.Pin(filepath.Join(dir, pinStats)); err != nil {
 		return res, fmt.Errorf("pin counters: %w", err)
 	}
+	if err := dp.Stats2.Pin(filepath.Join(dir, pinStats2)); err != nil {
+		return res, fmt.Errorf("pin counters: %w", err)
+	}
 	if err := dp.SampleStats.Pin(filepath.Join(dir, pinSampleStats)); err != nil {
+		return res, fmt.Errorf("pin sample counters: %w", err)
+	}
+	if err := dp.SampleStats2.Pin(filepath.Join(dir, pinSampleStats2)); err != nil {
 		return res, fmt.Errorf("pin sample counters: %w", err)
 	}
 	if err := t.fail("stats"); err != nil {

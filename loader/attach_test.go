@@ -385,7 +385,7 @@ func TestLiveConfigAndExactCounters(t *testing.T) {
 
 	// Protect another port, live.
 	r.do(t, func(g *Guard) error {
-		return g.Maps.UpdateConfig(func(c *Config) error { c.Ports = append(c.Ports, 5353); return nil })
+		return g.Maps.UpdateConfig(func(c *Config) error { c.Ports = append(c.Ports, Port{Number: 5353}); return nil })
 	})
 	r.send(t, custom)
 	r.expectCounters(t, "xdp", map[string]uint64{"drop_request": 6, "pass": 3, "allowlisted": 1})

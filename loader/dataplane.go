@@ -25,10 +25,48 @@ type Dataplane struct {
 	TC    *ebpf.Program
 	XDPL3 *ebpf.Program
 	TCL3  *ebpf.Program
-	Stats *ebpf.Map // per-CPU counters: slot = hook*ReasonCount + reason
-	// SampleStats counts drops sampled and suppressed, per CPU, in the
-	// slots of Stats.
-	SampleStats *ebpf.Map
+	// Per-CPU counters: Stats for the reasons before ReasonSolicited
+	// (the layout of releases before port directions, kept so that an
+	// upgrade keeps them), Stats2 for the others; see statsSlot.
+	Stats  *ebpf.Map
+	Stats2 *ebpf.Map
+	// SampleStats and SampleStats2 count drops sampled and suppressed,
+	// per CPU, in the slots of Stats and Stats2.
+	SampleStats  *ebpf.Map
+	SampleStats2 *ebpf.Map
+}
+
+// Counters are one interface's counter maps (Dataplane's Stats, Stats2,
+// SampleStats, SampleStats2): the ones to keep when its programs are
+// swapped. A nil map is made anew (a release before it had none).
+type Counters struct {
+	Stats, Stats2, SampleStats, SampleStats2 *ebpf.Map
+}
+
+func (c Counters) replace(repl map[string]*ebpf.Map) {
+	for name, mp := range map[string]*ebpf.Map{
+		xdpguardMapXdpguardStats:  c.Stats,
+		xdpguardMapXdpguardStats2: c.Stats2,
+		xdpguardMapXdpguardSstats: c.SampleStats,
+		xdpguardMapXdpguardSstat2: c.SampleStats2,
+	} {
+		if mp != nil {
+			repl[name] = mp
+		}
+	}
+}
+
+// statsReasons is how many reasons Stats counts per hook; Stats2 counts
+// the rest.
+const statsReasons = int(xdpguardReasonREASON_SOLICITED)
+
+// statsSlot is where reason r of hook h is counted: in the second map
+// (Stats2, SampleStats2) or the first, at slot.
+func statsSlot(h Hook, r int) (second bool, slot uint32) {
+	if r >= statsReasons {
+		return true, uint32(int(h)*(ReasonCount-statsReasons) + r - statsReasons)
+	}
+	return false, uint32(int(h)*statsReasons + r)
 }
 
 // FragTimeouts are how long a first fragment's verdict lasts, per family:
@@ -81,41 +119,37 @@ func ReadFragTimeouts() (FragTimeouts, error) {
 }
 
 // LoadDataplane loads the programs against shared maps, with the fragment
-// timeouts of the calling thread's network namespace. stats, when not nil,
-// is reused (an upgrade keeps its counters); otherwise a new map is made.
-func LoadDataplane(m *Maps, stats *ebpf.Map) (*Dataplane, error) {
+// timeouts of the calling thread's network namespace. The counters given
+// are reused (an upgrade keeps them); the nil ones are made anew.
+func LoadDataplane(m *Maps, keep Counters) (*Dataplane, error) {
 	timeouts, err := ReadFragTimeouts()
 	if err != nil {
 		return nil, err
 	}
-	return LoadDataplaneWith(m, stats, timeouts)
+	return LoadDataplaneWith(m, keep, timeouts)
 }
 
 // LoadDataplaneWith is LoadDataplane with the fragment timeouts given.
-func LoadDataplaneWith(m *Maps, stats *ebpf.Map, timeouts FragTimeouts) (*Dataplane, error) {
-	return loadDataplane(m, stats, nil, timeouts)
+func LoadDataplaneWith(m *Maps, keep Counters, timeouts FragTimeouts) (*Dataplane, error) {
+	return loadDataplaneOf(m, nil, keep, timeouts)
 }
 
 // loadForLink loads only the two programs that parse frames of kind k, for
 // an attach or an upgrade: the verifier's time is most of what attaching an
 // interface costs, and the other pair would be verified for nothing. The
-// other pair's fields stay nil. stats and sampleStats, when not nil, are an
+// other pair's fields stay nil. keep's maps, when not nil, are an
 // interface's counters to keep.
-func loadForLink(m *Maps, k linkKind, stats, sampleStats *ebpf.Map) (*Dataplane, error) {
+func loadForLink(m *Maps, k linkKind, keep Counters) (*Dataplane, error) {
 	timeouts, err := ReadFragTimeouts()
 	if err != nil {
 		return nil, err
 	}
-	return loadDataplaneOf(m, &k, stats, sampleStats, timeouts)
-}
-
-func loadDataplane(m *Maps, stats, sampleStats *ebpf.Map, timeouts FragTimeouts) (*Dataplane, error) {
-	return loadDataplaneOf(m, nil, stats, sampleStats, timeouts)
+	return loadDataplaneOf(m, &k, keep, timeouts)
 }
 
 // loadDataplaneOf loads the programs for frames of kind *only, or all four
 // when only is nil.
-func loadDataplaneOf(m *Maps, only *linkKind, stats, sampleStats *ebpf.Map, timeouts FragTimeouts) (*Dataplane, error) {
+func loadDataplaneOf(m *Maps, only *linkKind, keep Counters, timeouts FragTimeouts) (*Dataplane, error) {
 	spec, _, err := specs()
 	if err != nil {
 		return nil, err
@@ -141,37 +175,37 @@ func loadDataplaneOf(m *Maps, only *linkKind, stats, sampleStats *ebpf.Map, time
 		return nil, fmt.Errorf("set %s: %w", xdpguardVarCoarseClock, err)
 	}
 	repl := m.replacements()
-	if stats != nil {
-		repl[xdpguardMapXdpguardStats] = stats
-	}
-	if sampleStats != nil {
-		repl[xdpguardMapXdpguardSstats] = sampleStats
+	keep.replace(repl)
+	// Sizes may have been overridden when the maps were made (MapSizes):
+	// the specs follow the maps they are replaced by.
+	for name, mp := range repl {
+		if ms, ok := spec.Maps[name]; ok && mp != nil {
+			ms.MaxEntries = mp.MaxEntries()
+		}
 	}
 	opts := &ebpf.CollectionOptions{MapReplacements: repl}
 	if only != nil {
 		// LoadAndAssign loads only what the struct names.
 		var objs struct {
-			XDP         *ebpf.Program `ebpf:"xdpguard_xdp"`
-			TC          *ebpf.Program `ebpf:"xdpguard_tc"`
-			Stats       *ebpf.Map     `ebpf:"xdpguard_stats"`
-			SampleStats *ebpf.Map     `ebpf:"xdpguard_sstats"`
+			XDP *ebpf.Program `ebpf:"xdpguard_xdp"`
+			TC  *ebpf.Program `ebpf:"xdpguard_tc"`
+			Counters
 		}
 		var objsL3 struct {
-			XDP         *ebpf.Program `ebpf:"xdpguard_xdp_l3"`
-			TC          *ebpf.Program `ebpf:"xdpguard_tc_l3"`
-			Stats       *ebpf.Map     `ebpf:"xdpguard_stats"`
-			SampleStats *ebpf.Map     `ebpf:"xdpguard_sstats"`
+			XDP *ebpf.Program `ebpf:"xdpguard_xdp_l3"`
+			TC  *ebpf.Program `ebpf:"xdpguard_tc_l3"`
+			Counters
 		}
 		if *only == linkL3 {
 			if err := spec.LoadAndAssign(&objsL3, opts); err != nil {
 				return nil, verifierError(err)
 			}
-			return &Dataplane{XDPL3: objsL3.XDP, TCL3: objsL3.TC, Stats: objsL3.Stats, SampleStats: objsL3.SampleStats}, nil
+			return objsL3.Counters.dataplane(&Dataplane{XDPL3: objsL3.XDP, TCL3: objsL3.TC}), nil
 		}
 		if err := spec.LoadAndAssign(&objs, opts); err != nil {
 			return nil, verifierError(err)
 		}
-		return &Dataplane{XDP: objs.XDP, TC: objs.TC, Stats: objs.Stats, SampleStats: objs.SampleStats}, nil
+		return objs.Counters.dataplane(&Dataplane{XDP: objs.XDP, TC: objs.TC}), nil
 	}
 	var objs xdpguardObjects
 	if err := spec.LoadAndAssign(&objs, opts); err != nil {
@@ -180,7 +214,8 @@ func loadDataplaneOf(m *Maps, only *linkKind, stats, sampleStats *ebpf.Map, time
 	return &Dataplane{
 		XDP: objs.XdpguardXdp, TC: objs.XdpguardTc,
 		XDPL3: objs.XdpguardXdpL3, TCL3: objs.XdpguardTcL3,
-		Stats: objs.XdpguardStats, SampleStats: objs.XdpguardSstats,
+		Stats: objs.XdpguardStats, Stats2: objs.XdpguardStats2,
+		SampleStats: objs.XdpguardSstats, SampleStats2: objs.XdpguardSstat2,
 	}, nil
 }
 
@@ -215,7 +250,24 @@ func (d *Dataplane) Programs(k linkKind) (xdp, tc *ebpf.Program) {
 
 // Close releases the programs and the counters map's descriptor.
 func (d *Dataplane) Close() error {
-	return errors.Join(d.XDP.Close(), d.TC.Close(), d.XDPL3.Close(), d.TCL3.Close(), d.Stats.Close(), d.SampleStats.Close())
+	return errors.Join(d.XDP.Close(), d.TC.Close(), d.XDPL3.Close(), d.TCL3.Close(),
+		d.Stats.Close(), d.Stats2.Close(), d.SampleStats.Close(), d.SampleStats2.Close())
+}
+
+// dataplane fills d's counters from c.
+func (c Counters) dataplane(d *Dataplane) *Dataplane {
+	d.Stats, d.Stats2, d.SampleStats, d.SampleStats2 = c.Stats, c.Stats2, c.SampleStats, c.SampleStats2
+	return d
+}
+
+// Counters returns d's counter maps.
+func (d *Dataplane) Counters() Counters {
+	return Counters{Stats: d.Stats, Stats2: d.Stats2, SampleStats: d.SampleStats, SampleStats2: d.SampleStats2}
+}
+
+// ReadStats sums d's counters over CPUs, per hook.
+func (d *Dataplane) ReadStats() (map[Hook]HookCounters, error) {
+	return ReadStats(d.Stats, d.Stats2)
 }
 
 // Counter is a packet and byte count.
@@ -227,15 +279,25 @@ type Counter struct {
 // HookCounters are one hook's counters, indexed by Reason.
 type HookCounters [xdpguardReasonREASON_MAX]Counter
 
-// ReadStats sums a counters map over CPUs, per hook.
-func ReadStats(stats *ebpf.Map) (map[Hook]HookCounters, error) {
+// ReadStats sums an interface's counters over CPUs, per hook: stats for
+// the reasons before ReasonSolicited, stats2 for the others (nil where an
+// interface attached by a release before port directions has none yet:
+// those count 0).
+func ReadStats(stats, stats2 *ebpf.Map) (map[Hook]HookCounters, error) {
 	out := make(map[Hook]HookCounters, hookCount)
 	for h := range hookCount {
 		var hc HookCounters
 		for r := range ReasonCount {
 			var perCPU []xdpguardCounter
-			slot := uint32(int(h)*ReasonCount + r)
-			if err := stats.Lookup(slot, &perCPU); err != nil {
+			second, slot := statsSlot(h, r)
+			mp := stats
+			if second {
+				mp = stats2
+			}
+			if mp == nil {
+				continue
+			}
+			if err := mp.Lookup(slot, &perCPU); err != nil {
 				return nil, fmt.Errorf("read counters %s/%s: %w", h, Reason(r), err)
 			}
 			for _, c := range perCPU {

@@ -87,7 +87,7 @@ func newHarness(t testing.TB) *harness {
 	if err != nil {
 		t.Fatalf("create maps: %v", err)
 	}
-	dp, err := LoadDataplaneWith(m, nil, harnessTimeouts)
+	dp, err := LoadDataplaneWith(m, Counters{}, harnessTimeouts)
 	if err != nil {
 		m.Close()
 		t.Fatalf("load data plane: %v", err)
@@ -105,7 +105,40 @@ type policy struct {
 	mode  Mode
 	frag  FragPolicy
 	ports []uint16 // nil: DefaultPort
-	allow []netip.Prefix
+	// dirs gives ports their direction (both when not named), expiry a
+	// response port's (DefaultSolicitExpiry when not named).
+	dirs   map[uint16]Direction
+	expiry map[uint16]time.Duration
+	allow  []netip.Prefix
+	// reqs are the request table's entries before the first frame.
+	reqs []reqEntry
+}
+
+// reqEntry is a request table entry: a request from local to remote,
+// awaited for ttl more (negative: expired that long ago).
+type reqEntry struct {
+	local, remote netip.AddrPort
+	ttl           time.Duration
+}
+
+func (e reqEntry) key() model.RequestKey {
+	return model.RequestKey{Local: e.local.Addr(), Remote: e.remote.Addr(), LocalPort: e.local.Port(), RemotePort: e.remote.Port()}
+}
+
+// loaderPorts are p's ports as the loader takes them.
+func (p policy) loaderPorts() []Port {
+	var out []Port
+	for _, n := range p.portList() {
+		port := Port{Number: n, Direction: DirBoth}
+		if d, ok := p.dirs[n]; ok {
+			port.Direction = d
+		}
+		if port.Direction == DirResponse {
+			port.Expiry = p.expiry[n]
+		}
+		out = append(out, port)
+	}
+	return out
 }
 
 func (p policy) portList() []uint16 {
@@ -116,7 +149,11 @@ func (p policy) portList() []uint16 {
 }
 
 func (p policy) model() model.Config {
-	c := model.Config{Mode: model.Enforce, FragPolicy: model.Track, Ports: p.portList(), Allow: p.allow}
+	c := model.Config{Mode: model.Enforce, FragPolicy: model.Track, Ports: p.portList(), Allow: p.allow,
+		Directions: map[uint16]model.Direction{}, Expiry: p.expiry}
+	for n, d := range p.dirs {
+		c.Directions[n] = map[Direction]model.Direction{DirBoth: model.Both, DirRequest: model.Request, DirResponse: model.Response}[d]
+	}
 	if p.mode == ModeMonitor {
 		c.Mode = model.Monitor
 	}
@@ -127,12 +164,37 @@ func (p policy) model() model.Config {
 }
 
 func (p policy) String() string {
-	return fmt.Sprintf("mode=%s frag=%s ports=%v allow=%v", p.mode, p.frag, p.portList(), p.allow)
+	return fmt.Sprintf("mode=%s frag=%s ports=%v allow=%v requests=%v", p.mode, p.frag, joinPorts(p.loaderPorts()), p.allow, p.reqs)
 }
 
-// configure writes p and empties the fragment table.
+// newModel returns the model of p, its request table filled as configure
+// fills the kernel's (the model's clock is at 0).
+func (p policy) newModel() *model.Model {
+	mod := model.New(p.model())
+	for _, e := range p.reqs {
+		mod.SetRequest(e.key(), e.ttl)
+	}
+	return mod
+}
+
+// configure writes p, empties the fragment table and fills the request
+// table with p.reqs, their expiry relative to the data plane's clock now.
 func (h *harness) configure(p policy) error {
-	if err := h.m.WriteConfig(Config{Mode: p.mode, FragPolicy: p.frag, Ports: p.portList()}); err != nil {
+	if err := h.m.ClearRequests(); err != nil {
+		return err
+	}
+	if len(p.reqs) > 0 {
+		now, err := MonotonicNow()
+		if err != nil {
+			return err
+		}
+		for _, e := range p.reqs {
+			if err := h.m.PutRequest(Request{Local: e.local, Remote: e.remote, Expires: now + e.ttl}); err != nil {
+				return fmt.Errorf("fill request table: %w", err)
+			}
+		}
+	}
+	if err := h.m.WriteConfig(Config{Mode: p.mode, FragPolicy: p.frag, Ports: p.loaderPorts()}); err != nil {
 		return fmt.Errorf("write config: %w", err)
 	}
 	if !samePrefixes(h.allow, p.allow) {
@@ -194,7 +256,7 @@ func (h *harness) classify(mod *model.Model, frame []byte, hook Hook) model.Resu
 func (h *harness) run(hook Hook, frame []byte, checkCounters bool) (ret uint32, counted Reason, err error) {
 	var before map[Hook]HookCounters
 	if checkCounters {
-		if before, err = ReadStats(h.dp.Stats); err != nil {
+		if before, err = h.dp.ReadStats(); err != nil {
 			return 0, 0, err
 		}
 	}
@@ -205,7 +267,7 @@ func (h *harness) run(hook Hook, frame []byte, checkCounters bool) (ret uint32, 
 	if !checkCounters {
 		return ret, 0, nil
 	}
-	after, err := ReadStats(h.dp.Stats)
+	after, err := h.dp.ReadStats()
 	if err != nil {
 		return ret, 0, err
 	}
@@ -870,7 +932,7 @@ func runTable(t *testing.T, h *harness, cases []dpCase) {
 				if err := h.configure(c.pol); err != nil {
 					t.Fatal(err)
 				}
-				mod := model.New(c.pol.model())
+				mod := c.pol.newModel()
 				for i, s := range c.steps {
 					want := s.xdp
 					if hook == HookTC {
@@ -916,36 +978,60 @@ func runTable(t *testing.T, h *harness, cases []dpCase) {
 		len(cases), frames, skipped)
 }
 
-// TestHookLayout checks the counters map holds hookCount*ReasonCount slots
-// and that loader.Hook numbers the slots as enum hook in the C does: TC's
-// counters start at ReasonCount.
+// TestHookLayout checks the counters maps hold hookCount*statsReasons and
+// hookCount*(ReasonCount-statsReasons) slots and that loader.Hook numbers
+// the slots as enum hook in the C does: TC's counters start at
+// statsReasons in the first map; a reason of the second map is counted at
+// hook*(its size per hook) + (reason - statsReasons).
 func TestHookLayout(t *testing.T) {
 	h := newHarness(t)
-	if got, want := h.dp.Stats.MaxEntries(), uint32(int(hookCount)*ReasonCount); got != want {
-		t.Fatalf("counters map has %d slots, want hookCount*ReasonCount = %d", got, want)
+	if got, want := h.dp.Stats.MaxEntries(), uint32(int(hookCount)*statsReasons); got != want {
+		t.Fatalf("counters map has %d slots, want hookCount*statsReasons = %d", got, want)
 	}
-	fr := fr(req4(peer4, host4))
-	for _, hook := range []Hook{HookXDP, HookTC} {
-		slot := uint32(int(hook)*ReasonCount + int(ReasonDropRequest))
+	if got, want := h.dp.Stats2.MaxEntries(), uint32(int(hookCount)*(ReasonCount-statsReasons)); got != want {
+		t.Fatalf("second counters map has %d slots, want %d", got, want)
+	}
+	counted := func(mp *ebpf.Map, slot uint32, hook Hook, frame []byte) {
+		t.Helper()
 		var before []Counter
-		if err := h.dp.Stats.Lookup(slot, &before); err != nil {
+		if err := mp.Lookup(slot, &before); err != nil {
 			t.Fatalf("read slot %d: %v", slot, err)
 		}
-		if _, err := h.prog(hook).Run(&ebpf.RunOptions{Data: fr}); err != nil {
+		if _, err := h.prog(hook).Run(&ebpf.RunOptions{Data: frame}); err != nil {
 			t.Fatalf("run %s: %v", hook, err)
 		}
 		var after []Counter
-		if err := h.dp.Stats.Lookup(slot, &after); err != nil {
+		if err := mp.Lookup(slot, &after); err != nil {
 			t.Fatalf("read slot %d: %v", slot, err)
 		}
 		if sum(after)-sum(before) != 1 {
-			t.Errorf("%s request not counted in slot %d (hook %d * %d + drop_request)", hook, slot, hook, ReasonCount)
+			t.Errorf("%s frame not counted in %s slot %d", hook, mp, slot)
 		}
 	}
-	// One slot past the end must not exist.
+	fr := fr(req4(peer4, host4))
+	for _, hook := range []Hook{HookXDP, HookTC} {
+		second, slot := statsSlot(hook, int(ReasonDropRequest))
+		if second || slot != uint32(int(hook)*statsReasons+int(ReasonDropRequest)) {
+			t.Fatalf("statsSlot(%s, drop_request) = %t, %d", hook, second, slot)
+		}
+		counted(h.dp.Stats, slot, hook, fr)
+	}
+	// drop_unsolicited: the second map, XDP's half.
+	if err := h.configure(policy{ports: []uint16{53}, dirs: map[uint16]Direction{53: DirResponse}}); err != nil {
+		t.Fatal(err)
+	}
+	second, slot := statsSlot(HookXDP, int(ReasonDropUnsolicited))
+	if !second || slot != uint32(ReasonDropUnsolicited)-uint32(statsReasons) {
+		t.Fatalf("statsSlot(xdp, drop_unsolicited) = %t, %d", second, slot)
+	}
+	counted(h.dp.Stats2, slot, HookXDP, udp(peer4, 53, host4, 40000))
+	// One slot past the end of each must not exist.
 	var c []Counter
-	if err := h.dp.Stats.Lookup(uint32(int(hookCount)*ReasonCount), &c); !errors.Is(err, ebpf.ErrKeyNotExist) {
-		t.Errorf("slot hookCount*ReasonCount: want ErrKeyNotExist, got %v", err)
+	if err := h.dp.Stats.Lookup(uint32(int(hookCount)*statsReasons), &c); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("slot hookCount*statsReasons: want ErrKeyNotExist, got %v", err)
+	}
+	if err := h.dp.Stats2.Lookup(uint32(int(hookCount)*(ReasonCount-statsReasons)), &c); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("slot past the second map: want ErrKeyNotExist, got %v", err)
 	}
 }
 

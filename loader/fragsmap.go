@@ -7,7 +7,8 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// openFragsPin returns the pinned fragment table at path, or, when it has
+// openFragsPin returns the pinned fragment table (or request table: a cache
+// too) at path, or, when it has
 // another layout than want (an older release's) and upgrade is set, a new
 // empty table of want's layout pinned in its place. upgrade is the opener's
 // create: attach, the one change that loads programs, replaces the table;
@@ -30,7 +31,7 @@ func openFragsPin(path string, want *ebpf.MapSpec, cur *ebpf.Map, upgrade bool) 
 	defer cur.Close()
 	next, err := ebpf.NewMap(want)
 	if err != nil {
-		return nil, fmt.Errorf("create fragment table of the new layout: %w", err)
+		return nil, fmt.Errorf("create the new layout of %s: %w", path, err)
 	}
 	// Pin beside the old one, then rename over it: bpffs renames
 	// atomically, so the path never names no table. (bpffs refuses names
@@ -39,12 +40,12 @@ func openFragsPin(path string, want *ebpf.MapSpec, cur *ebpf.Map, upgrade bool) 
 	_ = os.Remove(tmp) // left by a crash mid-upgrade
 	if err := next.Pin(tmp); err != nil {
 		next.Close()
-		return nil, fmt.Errorf("pin new fragment table: %w", err)
+		return nil, fmt.Errorf("pin the new %s: %w", path, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		next.Unpin()
 		next.Close()
-		return nil, fmt.Errorf("replace fragment table %s: %w", path, err)
+		return nil, fmt.Errorf("replace %s: %w", path, err)
 	}
 	return next, nil
 }

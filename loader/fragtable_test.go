@@ -63,7 +63,7 @@ func TestFragmentVerdictsExpire(t *testing.T) {
 	}
 	defer m.Close()
 	timeouts := FragTimeouts{IPv4: 300 * time.Millisecond, IPv6: 900 * time.Millisecond}
-	dp, err := LoadDataplaneWith(m, nil, timeouts)
+	dp, err := LoadDataplaneWith(m, Counters{}, timeouts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +142,7 @@ func TestLoadSetsFragTimeouts(t *testing.T) {
 	}
 	defer m.Close()
 	want := FragTimeouts{IPv4: 7 * time.Second, IPv6: 11 * time.Second}
-	dp, err := LoadDataplaneWith(m, nil, want)
+	dp, err := LoadDataplaneWith(m, Counters{}, want)
 	if err != nil {
 		t.Fatal(err)
 	}

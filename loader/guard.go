@@ -19,6 +19,7 @@ import (
 // what one attach made for one interface of one network namespace:
 //
 //	<pin>/config  allow4  allow6  allow4_blocks  allow6_blocks  frags4  frags6  meta
+//	      requests4  requests6  expiry  [config_nodir]
 //	<pin>/netns/<netns inode>/<ifindex>/stats  xdp_link  [tc_link | tc_legacy/]
 //
 // Ifindexes repeat across network namespaces (every namespace's first veth
@@ -35,10 +36,14 @@ const (
 	pinFrags4     = "frags4"
 	pinFrags6     = "frags6"
 	pinFragsOld   = "frags" // both families' table before issue 14: removed
+	pinReq4       = "requests4"
+	pinReq6       = "requests6"
+	pinExpiry     = "expiry"
 	pinMeta       = "meta"
 	netnsDir      = "netns"
 	oldIfacesDir  = "ifaces" // the layout before netns/: upgraded by Open
 	pinStats      = "stats"
+	pinStats2     = "stats2" // the counters of reasons added with port directions
 	pinXDPLink    = "xdp_link"
 	pinTCLink     = "tc_link"
 	tcLegacyDir   = "tc_legacy"   // present: egress is a cls_bpf filter
@@ -185,6 +190,9 @@ func (g *Guard) openMaps(create, writer bool) (m *Maps, created bool, err error)
 		s.XdpguardBlk6:   pinAllow6Blk,
 		s.XdpguardFrags4: pinFrags4,
 		s.XdpguardFrags6: pinFrags6,
+		s.XdpguardReq4:   pinReq4,
+		s.XdpguardReq6:   pinReq6,
+		s.XdpguardExpiry: pinExpiry,
 		s.XdpguardRing:   pinSamples,
 		s.XdpguardSrate:  pinSampleRate,
 		s.XdpguardTokens: pinSampleBudget,
@@ -193,7 +201,16 @@ func (g *Guard) openMaps(create, writer bool) (m *Maps, created bool, err error)
 	// a writer, unpinned on a read-only open), as an upgrade, not as the
 	// making of the state.
 	added := map[string]bool{pinAllow4Blk: true, pinAllow6Blk: true, pinFrags4: true, pinFrags6: true,
-		pinSamples: true, pinSampleRate: true, pinSampleBudget: true}
+		pinSamples: true, pinSampleRate: true, pinSampleBudget: true,
+		pinReq4: true, pinReq6: true, pinExpiry: true}
+	// The config map of a release before port directions, upgraded in
+	// place (configmap.go).
+	var legacy *ebpf.Map
+	defer func() {
+		if err != nil && legacy != nil {
+			legacy.Close()
+		}
+	}()
 	open := func(spec *ebpf.MapSpec) (*ebpf.Map, error) {
 		path := filepath.Join(g.pinPath, paths[spec])
 		mp, err := ebpf.LoadPinnedMap(path, nil)
@@ -210,8 +227,20 @@ func (g *Guard) openMaps(create, writer bool) (m *Maps, created bool, err error)
 		if info, err := mp.Info(); err == nil {
 			want.MaxEntries = info.MaxEntries // sizes may be overridden
 		}
-		if spec == s.XdpguardFrags4 || spec == s.XdpguardFrags6 { // a cache: an older layout is replaced in place
+		switch spec {
+		case s.XdpguardFrags4, s.XdpguardFrags6, s.XdpguardReq4, s.XdpguardReq6:
+			// A cache: an older layout is replaced in place.
 			return openFragsPin(path, want, mp, create)
+		case s.XdpguardConfig:
+			if isLegacyConfig(mp) {
+				next, err := upgradeConfigPin(g.pinPath, want, mp, writer)
+				if err != nil {
+					mp.Close()
+					return nil, err
+				}
+				legacy = mp
+				return next, nil
+			}
 		}
 		if err := want.Compatible(mp); err != nil {
 			mp.Close()
@@ -231,6 +260,13 @@ func (g *Guard) openMaps(create, writer bool) (m *Maps, created bool, err error)
 		return nil, false, err
 	}
 	created = missing[pinConfig] || missing[pinAllow4] || missing[pinAllow6]
+	if legacy == nil && !created {
+		if legacy, err = openLegacyConfig(g.pinPath); err != nil {
+			m.Close()
+			return nil, false, err
+		}
+	}
+	m.LegacyConfig, legacy = legacy, nil // m owns it now
 	if len(missing) == 0 {
 		return m, false, nil
 	}
@@ -272,6 +308,7 @@ func (g *Guard) openMaps(create, writer bool) (m *Maps, created bool, err error)
 		pinConfig: m.Config, pinAllow4: m.Allow4, pinAllow6: m.Allow6,
 		pinAllow4Blk: m.Allow4Blocks, pinAllow6Blk: m.Allow6Blocks,
 		pinFrags4: m.Frags4, pinFrags6: m.Frags6,
+		pinReq4: m.Req4, pinReq6: m.Req6, pinExpiry: m.Expiry,
 		pinSamples: m.Samples, pinSampleRate: m.SampleRateMap, pinSampleBudget: m.SampleBudget,
 	}
 	for name := range missing {
@@ -434,8 +471,8 @@ func (g *Guard) RemoveIfUnused() (bool, error) {
 
 func (g *Guard) removeShared() error {
 	var errs []error
-	for _, name := range []string{pinConfig, pinAllow4, pinAllow6, pinAllow4Blk, pinAllow6Blk, pinFrags4, pinFrags6, pinFragsOld, pinMeta,
-		pinSamples, pinSampleRate, pinSampleBudget, sampleReaderDir} {
+	for _, name := range []string{pinConfig, pinConfigLegacy, pinAllow4, pinAllow6, pinAllow4Blk, pinAllow6Blk, pinFrags4, pinFrags6, pinFragsOld,
+		pinReq4, pinReq6, pinExpiry, pinMeta, pinSamples, pinSampleRate, pinSampleBudget, sampleReaderDir} {
 		if err := os.Remove(filepath.Join(g.pinPath, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}

@@ -3,6 +3,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/cilium/ebpf"
 )
@@ -19,6 +20,16 @@ type Maps struct {
 	Allow6Blocks *ebpf.Map
 	Frags4       *ebpf.Map // LRU of IPv4 first-fragment verdicts
 	Frags6       *ebpf.Map // LRU of IPv6 first-fragment verdicts
+	// Requests sent to response ports (LRU per family), and per port the
+	// seconds a request awaits its reply.
+	Req4   *ebpf.Map
+	Req6   *ebpf.Map
+	Expiry *ebpf.Map
+	// LegacyConfig is the config map of a release before directions,
+	// upgraded in place (configmap.go): programs of that release still
+	// attached read it, so every config write goes to it too. nil when
+	// there is none.
+	LegacyConfig *ebpf.Map
 	// Sampling (bpf/sample.h): the ring buffer of drop samples, the
 	// budget in samples per second per CPU, and each CPU's token bucket.
 	Samples       *ebpf.Map
@@ -28,8 +39,9 @@ type Maps struct {
 
 // MapSizes overrides map sizes at creation; zero keeps the compiled default.
 type MapSizes struct {
-	AllowEntries uint32 // per family
-	FragEntries  uint32
+	AllowEntries   uint32 // per family
+	FragEntries    uint32
+	RequestEntries uint32 // per family: requests awaiting a reply
 }
 
 // specs returns a fresh copy of the compiled specs, so callers may edit it.
@@ -80,6 +92,10 @@ func applySizes(s *xdpguardSpecs, sizes MapSizes) {
 		s.XdpguardFrags4.MaxEntries = sizes.FragEntries
 		s.XdpguardFrags6.MaxEntries = sizes.FragEntries
 	}
+	if sizes.RequestEntries != 0 {
+		s.XdpguardReq4.MaxEntries = sizes.RequestEntries
+		s.XdpguardReq6.MaxEntries = sizes.RequestEntries
+	}
 }
 
 // createMaps creates the shared maps; open, when not nil, is tried first for
@@ -104,6 +120,9 @@ func createMaps(s *xdpguardSpecs, open func(*ebpf.MapSpec) (*ebpf.Map, error)) (
 		{&m.Allow6Blocks, s.XdpguardBlk6},
 		{&m.Frags4, s.XdpguardFrags4},
 		{&m.Frags6, s.XdpguardFrags6},
+		{&m.Req4, s.XdpguardReq4},
+		{&m.Req6, s.XdpguardReq6},
+		{&m.Expiry, s.XdpguardExpiry},
 		{&m.Samples, s.XdpguardRing},
 		{&m.SampleRateMap, s.XdpguardSrate},
 		{&m.SampleBudget, s.XdpguardTokens},
@@ -135,7 +154,8 @@ func (m *Maps) Close() error {
 }
 
 func (m *Maps) all() []*ebpf.Map {
-	return []*ebpf.Map{m.Config, m.Allow4, m.Allow6, m.Allow4Blocks, m.Allow6Blocks, m.Frags4, m.Frags6, m.Samples, m.SampleRateMap, m.SampleBudget}
+	return []*ebpf.Map{m.Config, m.Allow4, m.Allow6, m.Allow4Blocks, m.Allow6Blocks, m.Frags4, m.Frags6,
+		m.Req4, m.Req6, m.Expiry, m.LegacyConfig, m.Samples, m.SampleRateMap, m.SampleBudget}
 }
 
 func (m *Maps) replacements() map[string]*ebpf.Map {
@@ -147,6 +167,9 @@ func (m *Maps) replacements() map[string]*ebpf.Map {
 		xdpguardMapXdpguardBlk6:   m.Allow6Blocks,
 		xdpguardMapXdpguardFrags4: m.Frags4,
 		xdpguardMapXdpguardFrags6: m.Frags6,
+		xdpguardMapXdpguardReq4:   m.Req4,
+		xdpguardMapXdpguardReq6:   m.Req6,
+		xdpguardMapXdpguardExpiry: m.Expiry,
 		xdpguardMapXdpguardRing:   m.Samples,
 		xdpguardMapXdpguardSrate:  m.SampleRateMap,
 		xdpguardMapXdpguardTokens: m.SampleBudget,
@@ -161,9 +184,17 @@ func (m *Maps) readRaw() (xdpguardConfig, error) {
 	return raw, nil
 }
 
+// writeRaw writes the config, then, where programs of a release before
+// directions are still attached, its translation into their layout.
 func (m *Maps) writeRaw(raw *xdpguardConfig) error {
 	if err := m.Config.Update(uint32(0), raw, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("write config: %w", err)
+	}
+	if m.LegacyConfig != nil {
+		old := legacyFromConfig(raw)
+		if err := m.LegacyConfig.Update(uint32(0), &old, ebpf.UpdateExist); err != nil {
+			return fmt.Errorf("write the config of the release before directions: %w", err)
+		}
 	}
 	return nil
 }
@@ -174,25 +205,50 @@ func (m *Maps) ReadConfig() (Config, error) {
 	if err != nil {
 		return Config{}, err
 	}
+	var expiryErr error
+	ports := portsFromBitmaps(&raw.RequestPorts, &raw.ResponsePorts, func(port uint16) time.Duration {
+		var sec uint32
+		if err := m.Expiry.Lookup(uint32(port), &sec); err != nil {
+			expiryErr = fmt.Errorf("read the expiry of port %d: %w", port, err)
+		}
+		return time.Duration(sec) * time.Second
+	})
+	if expiryErr != nil {
+		return Config{}, expiryErr
+	}
 	return Config{
 		Mode:       Mode(raw.Mode),
 		FragPolicy: FragPolicy(raw.FragPolicy),
-		Ports:      portsFromBitmap(&raw.Ports),
+		Ports:      ports,
 	}, nil
 }
 
 // WriteConfig replaces mode, fragment policy and ports in one map update.
-// The allow-list switches are kept as they are. Words of the port bitmap that
-// do not change are rewritten with their own value, so no protected port is
-// ever seen unprotected by a concurrent reader.
+// The allow-list switches are kept as they are. Words of the port bitmaps
+// that do not change are rewritten with their own value, so no protected
+// port is ever seen unprotected by a concurrent reader. The expiries of
+// response ports are written first: a port becomes a response port with its
+// own expiry already in place.
 func (m *Maps) WriteConfig(c Config) error {
+	ports, err := normalisePorts(c.Ports)
+	if err != nil {
+		return err
+	}
+	for _, p := range ports {
+		if p.Direction != DirResponse {
+			continue
+		}
+		if err := m.Expiry.Update(uint32(p.Number), uint32(p.Expiry/time.Second), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write the expiry of port %d: %w", p.Number, err)
+		}
+	}
 	raw, err := m.readRaw()
 	if err != nil {
 		return err
 	}
 	raw.Mode = xdpguardMode(c.Mode)
 	raw.FragPolicy = xdpguardFragPolicy(c.FragPolicy)
-	raw.Ports = portBitmap(c.Ports)
+	raw.RequestPorts, raw.ResponsePorts = portBitmaps(ports)
 	return m.writeRaw(&raw)
 }
 
@@ -236,6 +292,18 @@ func (m *Maps) AllowActive() (v4, v6 bool, err error) {
 	return raw.Allow4Active != 0, raw.Allow6Active != 0, nil
 }
 
+// ClearRequests empties the request tables (tests reset state between
+// frames).
+func (m *Maps) ClearRequests() error {
+	if err := clearMapOf[xdpguardReq4Key, uint64](m.Req4); err != nil {
+		return fmt.Errorf("clear IPv4 request table: %w", err)
+	}
+	if err := clearMapOf[xdpguardReq6Key, uint64](m.Req6); err != nil {
+		return fmt.Errorf("clear IPv6 request table: %w", err)
+	}
+	return nil
+}
+
 // ClearFrags empties the fragment tables (tests reset state between frames).
 func (m *Maps) ClearFrags() error {
 	if err := clearMap[xdpguardFrag4Key](m.Frags4); err != nil {
@@ -247,10 +315,12 @@ func (m *Maps) ClearFrags() error {
 	return nil
 }
 
-func clearMap[K any](mp *ebpf.Map) error {
+func clearMap[K any](mp *ebpf.Map) error { return clearMapOf[K, xdpguardFragVerdict](mp) }
+
+func clearMapOf[K, V any](mp *ebpf.Map) error {
 	var key K
 	var keys []K
-	var v xdpguardFragVerdict
+	var v V
 	it := mp.Iterate()
 	for it.Next(&key, &v) {
 		keys = append(keys, key)

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParsePrefix(t *testing.T) {
@@ -93,13 +94,68 @@ func TestParseModesAndPolicies(t *testing.T) {
 }
 
 func TestPortBitmapRoundTrip(t *testing.T) {
-	ports := []uint16{1, 63, 64, 11211, 65535}
-	bm := portBitmap(ports)
-	if got := portsFromBitmap(&bm); !slices.Equal(got, ports) {
+	ports := []Port{
+		{Number: 1, Direction: DirBoth}, {Number: 53, Direction: DirResponse, Expiry: 10 * time.Second},
+		{Number: 63, Direction: DirRequest}, {Number: 64, Direction: DirResponse, Expiry: DefaultSolicitExpiry},
+		{Number: 11211, Direction: DirBoth}, {Number: 65535, Direction: DirRequest},
+	}
+	req, resp := portBitmaps(ports)
+	expiry := func(p uint16) time.Duration {
+		if p == 53 {
+			return 10 * time.Second
+		}
+		return 0
+	}
+	if got := portsFromBitmaps(&req, &resp, expiry); !slices.Equal(got, ports) {
 		t.Fatalf("round trip: %v, want %v", got, ports)
 	}
-	if bm[11211/64]&(1<<(11211%64)) == 0 {
-		t.Fatal("bit for 11211 not set where the C reads it")
+	// Where the C reads them: both has both bits, request only the
+	// request bit, response only the response bit.
+	bit := func(bm *portBits, p uint16) bool { return bm[p/64]&(1<<(p%64)) != 0 }
+	for _, c := range []struct {
+		port      uint16
+		req, resp bool
+	}{{11211, true, true}, {63, true, false}, {53, false, true}, {2, false, false}} {
+		if bit(&req, c.port) != c.req || bit(&resp, c.port) != c.resp {
+			t.Errorf("port %d: request bit %t, response bit %t; want %t, %t", c.port, bit(&req, c.port), bit(&resp, c.port), c.req, c.resp)
+		}
+	}
+}
+
+func TestParseDirectionAndExpiry(t *testing.T) {
+	for in, want := range map[string]Direction{"both": DirBoth, "request": DirRequest, "Response": DirResponse} {
+		if got, err := ParseDirection(in); err != nil || got != want {
+			t.Errorf("ParseDirection(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	if _, err := ParseDirection("reply"); err == nil || !strings.Contains(err.Error(), `"reply"`) ||
+		!strings.Contains(err.Error(), "both, request or response") {
+		t.Errorf("ParseDirection(reply): %v, want an error naming the input and the valid values", err)
+	}
+	for _, bad := range []string{"0s", "500ms", "2h", "1.5s", "soon", "-3s"} {
+		if _, err := ParseExpiry(bad); err == nil || !strings.Contains(err.Error(), "1s") {
+			t.Errorf("ParseExpiry(%q): %v, want an error giving the range", bad, err)
+		}
+	}
+	if d, err := ParseExpiry("2m"); err != nil || d != 2*time.Minute {
+		t.Errorf("ParseExpiry(2m) = %v, %v", d, err)
+	}
+	// normalisePorts: defaults filled, sorted, an expiry only for
+	// response ports, one number given two ways refused.
+	got, err := normalisePorts([]Port{{Number: 53, Direction: DirResponse}, {Number: 11211}, {Number: 53, Direction: DirResponse, Expiry: DefaultSolicitExpiry}})
+	want := []Port{{Number: 53, Direction: DirResponse, Expiry: DefaultSolicitExpiry}, {Number: 11211, Direction: DirBoth}}
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("normalisePorts = %v, %v; want %v", got, err, want)
+	}
+	for _, bad := range [][]Port{
+		{{Number: 53, Direction: DirBoth, Expiry: time.Minute}},
+		{{Number: 53, Direction: DirResponse}, {Number: 53, Direction: DirBoth}},
+		{{Number: 0}},
+		{{Number: 53, Direction: "sideways"}},
+	} {
+		if _, err := normalisePorts(bad); err == nil {
+			t.Errorf("normalisePorts(%v) accepted", bad)
+		}
 	}
 }
 
@@ -122,8 +178,16 @@ func TestCountersMapLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := s.XdpguardStats.MaxEntries, uint32(int(hookCount)*ReasonCount); got != want {
-		t.Fatalf("counters map has %d slots, Go expects hookCount*ReasonCount = %d: enum hook and loader.Hook disagree", got, want)
+	if got, want := s.XdpguardStats.MaxEntries, uint32(int(hookCount)*statsReasons); got != want {
+		t.Fatalf("counters map has %d slots, Go expects hookCount*statsReasons = %d: enum hook and loader.Hook disagree", got, want)
+	}
+	if got, want := s.XdpguardStats2.MaxEntries, uint32(int(hookCount)*(ReasonCount-statsReasons)); got != want {
+		t.Fatalf("second counters map has %d slots, Go expects %d", got, want)
+	}
+	// The first map keeps the layout of the releases before directions
+	// (9 reasons per hook), so that their counters carry on.
+	if statsReasons != 9 || s.XdpguardSstats.MaxEntries != s.XdpguardStats.MaxEntries || s.XdpguardSstat2.MaxEntries != s.XdpguardStats2.MaxEntries {
+		t.Fatalf("counters layout moved: %d reasons in the first map, sample maps %d and %d slots", statsReasons, s.XdpguardSstats.MaxEntries, s.XdpguardSstat2.MaxEntries)
 	}
 }
 

@@ -19,6 +19,8 @@ const (
 	ReasonDropMalformed      = Reason(xdpguardReasonREASON_DROP_MALFORMED)
 	ReasonWouldDrop          = Reason(xdpguardReasonREASON_WOULD_DROP)
 	ReasonPassOrphanFragment = Reason(xdpguardReasonREASON_PASS_ORPHAN_FRAGMENT)
+	ReasonSolicited          = Reason(xdpguardReasonREASON_SOLICITED)
+	ReasonDropUnsolicited    = Reason(xdpguardReasonREASON_DROP_UNSOLICITED)
 
 	// ReasonCount is the number of reasons, and of counters per hook.
 	ReasonCount = int(xdpguardReasonREASON_MAX)
@@ -35,6 +37,8 @@ var reasonNames = [...]string{
 	ReasonDropMalformed:      "drop_malformed",
 	ReasonWouldDrop:          "would_drop",
 	ReasonPassOrphanFragment: "pass_orphan_fragment",
+	ReasonSolicited:          "solicited",
+	ReasonDropUnsolicited:    "drop_unsolicited",
 }
 
 // Reasons lists every reason in counter order.
@@ -57,7 +61,7 @@ func (r Reason) String() string {
 func (r Reason) Dropped() bool {
 	switch r {
 	case ReasonDropRequest, ReasonDropResponse, ReasonDropFragment,
-		ReasonDropOrphanFragment, ReasonDropMalformed:
+		ReasonDropOrphanFragment, ReasonDropMalformed, ReasonDropUnsolicited:
 		return true
 	}
 	return false

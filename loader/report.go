@@ -237,10 +237,10 @@ func (g *Guard) Stats(names ...string) ([]InterfaceStats, error) {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		egress := a.egress() != ""
-		st, err := ReadStats(a.stats)
+		st, err := ReadStats(a.counters.Stats, a.counters.Stats2)
 		var sst map[Hook]HookSampleCounters
-		if err == nil && a.samples != nil {
-			sst, err = ReadSampleStats(a.samples)
+		if err == nil && a.counters.SampleStats != nil {
+			sst, err = ReadSampleStats(a.counters.SampleStats, a.counters.SampleStats2)
 		}
 		a.close()
 		if err != nil {

@@ -38,6 +38,7 @@ const (
 	pinSampleRate   = "sample_rate"
 	pinSampleBudget = "sample_budget"
 	pinSampleStats  = "sample_stats"
+	pinSampleStats2 = "sample_stats2" // those of the reasons in stats2
 	// An empty directory a reader holds a flock on (bpffs has no regular
 	// files): the one-reader rule, made visible.
 	sampleReaderDir = "samples_reader"
@@ -92,15 +93,23 @@ type SampleCounter struct {
 // HookSampleCounters are one hook's sample counters, indexed by Reason.
 type HookSampleCounters [xdpguardReasonREASON_MAX]SampleCounter
 
-// ReadSampleStats sums an interface's sample counters over CPUs, per hook.
-func ReadSampleStats(m *ebpf.Map) (map[Hook]HookSampleCounters, error) {
+// ReadSampleStats sums an interface's sample counters over CPUs, per hook,
+// from the two maps as ReadStats reads the counters (m2 nil: 0).
+func ReadSampleStats(m, m2 *ebpf.Map) (map[Hook]HookSampleCounters, error) {
 	out := make(map[Hook]HookSampleCounters, hookCount)
 	for h := range hookCount {
 		var hc HookSampleCounters
 		for r := range ReasonCount {
 			var perCPU []xdpguardSampleCount
-			slot := uint32(int(h)*ReasonCount + r)
-			if err := m.Lookup(slot, &perCPU); err != nil {
+			second, slot := statsSlot(h, r)
+			mp := m
+			if second {
+				mp = m2
+			}
+			if mp == nil {
+				continue
+			}
+			if err := mp.Lookup(slot, &perCPU); err != nil {
 				return nil, fmt.Errorf("read sample counters %s/%s: %w", h, Reason(r), err)
 			}
 			for _, c := range perCPU {

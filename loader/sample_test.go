@@ -110,7 +110,7 @@ func TestSampleOneDrop(t *testing.T) {
 					if d := time.Since(s.Time); d < 0 || d > time.Minute {
 						t.Errorf("sample time %v is %v from now", s.Time, d)
 					}
-					sst, err := ReadSampleStats(h.dp.SampleStats)
+					sst, err := ReadSampleStats(h.dp.SampleStats, h.dp.SampleStats2)
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -154,11 +154,11 @@ func runRepeat(t *testing.T, h *harness, hook Hook, frame []byte, n uint32) {
 // are the ones counted as sampled; it returns the sample counters.
 func checkConservation(t *testing.T, h *harness, samples []Sample) map[Hook]HookSampleCounters {
 	t.Helper()
-	st, err := ReadStats(h.dp.Stats)
+	st, err := h.dp.ReadStats()
 	if err != nil {
 		t.Fatal(err)
 	}
-	sst, err := ReadSampleStats(h.dp.SampleStats)
+	sst, err := ReadSampleStats(h.dp.SampleStats, h.dp.SampleStats2)
 	if err != nil {
 		t.Fatal(err)
 	}

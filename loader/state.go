@@ -18,24 +18,30 @@ import (
 type attachment struct {
 	dir     string
 	ifindex int
-	stats   *ebpf.Map
-	samples *ebpf.Map // sample counters; nil where attached by a release before sampling
-	xdp     link.Link
-	tc      link.Link // tcx; nil when legacy or no egress
-	legacy  bool      // egress is our cls_bpf filter
-	clsact  bool      // and we made its clsact qdisc
+	// Its counters; the sample counters are nil where attached by a
+	// release before sampling, Stats2 and SampleStats2 where attached by
+	// one before port directions (the reasons they count then read 0).
+	counters Counters
+	xdp      link.Link
+	tc       link.Link // tcx; nil when legacy or no egress
+	legacy   bool      // egress is our cls_bpf filter
+	clsact   bool      // and we made its clsact qdisc
 }
 
 func loadAttachment(dir string, ifindex int) (*attachment, error) {
 	a := &attachment{dir: dir, ifindex: ifindex}
 	var err error
-	if a.stats, err = ebpf.LoadPinnedMap(filepath.Join(dir, pinStats), nil); err != nil {
+	if a.counters.Stats, err = ebpf.LoadPinnedMap(filepath.Join(dir, pinStats), nil); err != nil {
 		return nil, fmt.Errorf("open counters: %w", err)
 	}
-	a.samples, err = ebpf.LoadPinnedMap(filepath.Join(dir, pinSampleStats), nil)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		a.close()
-		return nil, fmt.Errorf("open sample counters: %w", err)
+	for _, opt := range a.optionalCounters() {
+		*opt.m, err = ebpf.LoadPinnedMap(filepath.Join(dir, opt.pin), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			*opt.m = nil
+		} else if err != nil {
+			a.close()
+			return nil, fmt.Errorf("open %s: %w", opt.pin, err)
+		}
 	}
 	if a.xdp, err = link.LoadPinnedLink(filepath.Join(dir, pinXDPLink), nil); err != nil {
 		a.close()
@@ -54,12 +60,27 @@ func loadAttachment(dir string, ifindex int) (*attachment, error) {
 	return a, nil
 }
 
-func (a *attachment) close() {
-	if a.stats != nil {
-		a.stats.Close()
+// optionalCounters are the counter maps an interface attached by an
+// older release may lack, each with its pin name.
+func (a *attachment) optionalCounters() []struct {
+	m   **ebpf.Map
+	pin string
+} {
+	return []struct {
+		m   **ebpf.Map
+		pin string
+	}{
+		{&a.counters.Stats2, pinStats2},
+		{&a.counters.SampleStats, pinSampleStats},
+		{&a.counters.SampleStats2, pinSampleStats2},
 	}
-	if a.samples != nil {
-		a.samples.Close()
+}
+
+func (a *attachment) close() {
+	for _, m := range []*ebpf.Map{a.counters.Stats, a.counters.Stats2, a.counters.SampleStats, a.counters.SampleStats2} {
+		if m != nil {
+			m.Close()
+		}
 	}
 	if a.xdp != nil {
 		a.xdp.Close()

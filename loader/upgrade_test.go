@@ -284,7 +284,7 @@ func (r *rig) expectCountersV0(t *testing.T, n uint64) {
 			if err != nil {
 				return false, err
 			}
-			st, err := ReadStats(m)
+			st, err := ReadStats(m, nil)
 			m.Close()
 			if err != nil {
 				return false, err

@@ -330,7 +330,7 @@ func v0Dropped(t *testing.T, r *rig) uint64 {
 			return err
 		}
 		defer m.Close()
-		st, err := ReadStats(m)
+		st, err := ReadStats(m, nil)
 		n = st[HookXDP][ReasonDropRequest].Packets
 		return err
 	})

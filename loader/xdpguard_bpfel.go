@@ -14,12 +14,13 @@ import (
 )
 
 type xdpguardConfig struct {
-	_            structs.HostLayout
-	Mode         xdpguardMode
-	FragPolicy   xdpguardFragPolicy
-	Allow4Active uint32
-	Allow6Active uint32
-	Ports        [1024]uint64
+	_             structs.HostLayout
+	Mode          xdpguardMode
+	FragPolicy    xdpguardFragPolicy
+	Allow4Active  uint32
+	Allow6Active  uint32
+	RequestPorts  [1024]uint64
+	ResponsePorts [1024]uint64
 }
 
 type xdpguardCounter struct {
@@ -91,8 +92,26 @@ const (
 	xdpguardReasonREASON_DROP_MALFORMED       xdpguardReason = 6
 	xdpguardReasonREASON_WOULD_DROP           xdpguardReason = 7
 	xdpguardReasonREASON_PASS_ORPHAN_FRAGMENT xdpguardReason = 8
-	xdpguardReasonREASON_MAX                  xdpguardReason = 9
+	xdpguardReasonREASON_SOLICITED            xdpguardReason = 9
+	xdpguardReasonREASON_DROP_UNSOLICITED     xdpguardReason = 10
+	xdpguardReasonREASON_MAX                  xdpguardReason = 11
 )
+
+type xdpguardReq4Key struct {
+	_     structs.HostLayout
+	Laddr uint32
+	Raddr uint32
+	Lport uint16
+	Rport uint16
+}
+
+type xdpguardReq6Key struct {
+	_     structs.HostLayout
+	Laddr [4]uint32
+	Raddr [4]uint32
+	Lport uint16
+	Rport uint16
+}
 
 type xdpguardSampleBudget struct {
 	_      structs.HostLayout
@@ -115,12 +134,17 @@ const (
 	xdpguardMapXdpguardBlk4   = "xdpguard_blk4"
 	xdpguardMapXdpguardBlk6   = "xdpguard_blk6"
 	xdpguardMapXdpguardConfig = "xdpguard_config"
+	xdpguardMapXdpguardExpiry = "xdpguard_expiry"
 	xdpguardMapXdpguardFrags4 = "xdpguard_frags4"
 	xdpguardMapXdpguardFrags6 = "xdpguard_frags6"
+	xdpguardMapXdpguardReq4   = "xdpguard_req4"
+	xdpguardMapXdpguardReq6   = "xdpguard_req6"
 	xdpguardMapXdpguardRing   = "xdpguard_ring"
 	xdpguardMapXdpguardSrate  = "xdpguard_srate"
+	xdpguardMapXdpguardSstat2 = "xdpguard_sstat2"
 	xdpguardMapXdpguardSstats = "xdpguard_sstats"
 	xdpguardMapXdpguardStats  = "xdpguard_stats"
+	xdpguardMapXdpguardStats2 = "xdpguard_stats2"
 	xdpguardMapXdpguardTokens = "xdpguard_tokens"
 	xdpguardProgXdpguardTc    = "xdpguard_tc"
 	xdpguardProgXdpguardTcL3  = "xdpguard_tc_l3"
@@ -189,12 +213,17 @@ type xdpguardMapSpecs struct {
 	XdpguardBlk4   *ebpf.MapSpec `ebpf:"xdpguard_blk4"`
 	XdpguardBlk6   *ebpf.MapSpec `ebpf:"xdpguard_blk6"`
 	XdpguardConfig *ebpf.MapSpec `ebpf:"xdpguard_config"`
+	XdpguardExpiry *ebpf.MapSpec `ebpf:"xdpguard_expiry"`
 	XdpguardFrags4 *ebpf.MapSpec `ebpf:"xdpguard_frags4"`
 	XdpguardFrags6 *ebpf.MapSpec `ebpf:"xdpguard_frags6"`
+	XdpguardReq4   *ebpf.MapSpec `ebpf:"xdpguard_req4"`
+	XdpguardReq6   *ebpf.MapSpec `ebpf:"xdpguard_req6"`
 	XdpguardRing   *ebpf.MapSpec `ebpf:"xdpguard_ring"`
 	XdpguardSrate  *ebpf.MapSpec `ebpf:"xdpguard_srate"`
+	XdpguardSstat2 *ebpf.MapSpec `ebpf:"xdpguard_sstat2"`
 	XdpguardSstats *ebpf.MapSpec `ebpf:"xdpguard_sstats"`
 	XdpguardStats  *ebpf.MapSpec `ebpf:"xdpguard_stats"`
+	XdpguardStats2 *ebpf.MapSpec `ebpf:"xdpguard_stats2"`
 	XdpguardTokens *ebpf.MapSpec `ebpf:"xdpguard_tokens"`
 }
 
@@ -233,12 +262,17 @@ type xdpguardMaps struct {
 	XdpguardBlk4   *ebpf.Map `ebpf:"xdpguard_blk4"`
 	XdpguardBlk6   *ebpf.Map `ebpf:"xdpguard_blk6"`
 	XdpguardConfig *ebpf.Map `ebpf:"xdpguard_config"`
+	XdpguardExpiry *ebpf.Map `ebpf:"xdpguard_expiry"`
 	XdpguardFrags4 *ebpf.Map `ebpf:"xdpguard_frags4"`
 	XdpguardFrags6 *ebpf.Map `ebpf:"xdpguard_frags6"`
+	XdpguardReq4   *ebpf.Map `ebpf:"xdpguard_req4"`
+	XdpguardReq6   *ebpf.Map `ebpf:"xdpguard_req6"`
 	XdpguardRing   *ebpf.Map `ebpf:"xdpguard_ring"`
 	XdpguardSrate  *ebpf.Map `ebpf:"xdpguard_srate"`
+	XdpguardSstat2 *ebpf.Map `ebpf:"xdpguard_sstat2"`
 	XdpguardSstats *ebpf.Map `ebpf:"xdpguard_sstats"`
 	XdpguardStats  *ebpf.Map `ebpf:"xdpguard_stats"`
+	XdpguardStats2 *ebpf.Map `ebpf:"xdpguard_stats2"`
 	XdpguardTokens *ebpf.Map `ebpf:"xdpguard_tokens"`
 }
 
@@ -249,12 +283,17 @@ func (m *xdpguardMaps) Close() error {
 		m.XdpguardBlk4,
 		m.XdpguardBlk6,
 		m.XdpguardConfig,
+		m.XdpguardExpiry,
 		m.XdpguardFrags4,
 		m.XdpguardFrags6,
+		m.XdpguardReq4,
+		m.XdpguardReq6,
 		m.XdpguardRing,
 		m.XdpguardSrate,
+		m.XdpguardSstat2,
 		m.XdpguardSstats,
 		m.XdpguardStats,
+		m.XdpguardStats2,
 		m.XdpguardTokens,
 	)
 }

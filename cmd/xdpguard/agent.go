@@ -162,6 +162,9 @@ func checkConfig(w io.Writer, file string) error {
 	}
 	fmt.Fprintf(tw, "  attach\txdp %s, %s, force %v\n", cfg.Interfaces.XDPMode, egress, cfg.Interfaces.Force)
 	fmt.Fprintf(tw, "  ports\t%s\n", joinPorts(cfg.Ports))
+	if n := len(cfg.LoaderConfig().ResponsePorts()); n > 0 && !cfg.Interfaces.Egress {
+		fmt.Fprintf(tw, "  WARNING\t%d response port(s) but interfaces.egress is false: no request is recorded, every reply from them is dropped; set egress: true\n", n)
+	}
 	fmt.Fprintf(tw, "  mode\t%s\n", cfg.Mode)
 	fmt.Fprintf(tw, "  fragments\t%s\n", cfg.Fragments)
 	fmt.Fprintf(tw, "  allow\t%d prefixes (%d inline, %d files)\n", len(cfg.Allow.All), len(cfg.Allow.Prefixes), len(cfg.Allow.Files))

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -36,10 +37,19 @@ func featureProbe(err error, fix string) (bool, string) {
 	return true, ""
 }
 
-// protectedPorts are the live ports, or the defaults when nothing is set up.
-func protectedPorts(c *cli) ([]uint16, error) {
+// localPortsAtRisk are the live ports (or the defaults when nothing is set
+// up) that drop UDP addressed to this host's own sockets bound to them:
+// request and both ports. A response port drops only datagrams coming from
+// it, so a local socket bound to it is not affected.
+func localPortsAtRisk(c *cli) ([]uint16, error) {
 	cfg, err := currentConfig(c)
-	return cfg.Ports, err
+	var out []uint16
+	for _, p := range cfg.Ports {
+		if p.Direction != loader.DirResponse {
+			out = append(out, p.Number)
+		}
+	}
+	return out, err
 }
 
 // portRangeAdvice warns about protected ports the kernel may hand out as
@@ -143,7 +153,7 @@ var probes = []probe{
 		return true, "pins go to " + c.pinPath
 	}},
 	{name: "protected ports outside the local port range", warns: true, run: func(c *cli) (bool, string) {
-		ports, err := protectedPorts(c)
+		ports, err := localPortsAtRisk(c)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -162,7 +172,31 @@ var probes = []probe{
 		if advice != "" {
 			return false, advice
 		}
-		return true, "ports " + joinPorts(ports)
+		return true, "ports " + joinPorts(loader.BothPorts(ports...))
+	}},
+	{name: "response ports have egress to record requests", warns: true, run: func(c *cli) (bool, string) {
+		var gap *loader.EgressGap
+		var n int
+		err := readConfig(c, func(g *loader.Guard) (err error) {
+			cfg, err := g.Maps.ReadConfig()
+			if err != nil {
+				return err
+			}
+			n = len(cfg.ResponsePorts())
+			gap, err = egressGap(g)
+			return err
+		})
+		switch {
+		case errors.Is(err, loader.ErrNotSetUp):
+			return true, "nothing attached"
+		case err != nil:
+			return false, err.Error()
+		case gap != nil:
+			return false, gap.String()
+		case n == 0:
+			return true, "no response port"
+		}
+		return true, fmt.Sprintf("%d response port(s), egress on every attached interface", n)
 	}},
 	{name: "programs pass the verifier", run: func(*cli) (bool, string) {
 		m, err := loader.NewMaps(loader.MapSizes{})
@@ -170,7 +204,7 @@ var probes = []probe{
 			return false, err.Error()
 		}
 		defer m.Close()
-		dp, err := loader.LoadDataplane(m, nil)
+		dp, err := loader.LoadDataplane(m, loader.Counters{})
 		if err != nil {
 			return false, err.Error()
 		}
@@ -188,7 +222,9 @@ types, the JIT, a BPF filesystem for the pin path (mounting /sys/fs/bpf if
 missing), and loads the programs through the verifier without attaching
 them. Warns (and still exits 0) when a protected port lies in the range the
 kernel hands out as local ports and is not reserved, and says how to
-reserve it. Exits 1 if anything needed is missing.`,
+reserve it; and when a response port's requests leave by an interface
+without the egress program (they are not recorded, so every reply to them is
+dropped). Exits 1 if anything needed is missing.`,
 	example: `  sudo xdpguard check`,
 	run: func(c *cli, fs *pflag.FlagSet, args []string) error {
 		if len(args) > 0 {

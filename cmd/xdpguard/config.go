@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -192,16 +193,33 @@ func withGuard(g *loader.Guard, err error) func(func(*loader.Guard) error) error
 
 var portsCmd = &command{
 	name:    "ports",
-	args:    "add|del PORT... | list [--json]",
-	summary: "the protected UDP ports (default 11211)",
+	args:    "add PORT... [--direction both|request|response] [--expiry DURATION] | del PORT... | list [--json]",
+	summary: "the protected UDP ports (default 11211) and their directions",
 	help: `Manages the protected UDP ports: datagrams to one are requests, from one are
-responses; both are dropped unless the peer is allowlisted. The set is one
-65,536-bit bitmap read by every attached program; changes are live, and
+responses. Each port has a direction:
+  both      requests and responses are dropped, at both hooks, unless the
+            peer is allowlisted (the default; memcached's protection)
+  request   requests arriving and responses leaving are dropped: a service
+            here must not reflect; this host may still be a client
+  response  responses arriving are dropped unless they answer a request this
+            host sent (solicited; drop_unsolicited otherwise): this host is
+            not flooded with reflected answers and can still use the service.
+            The requests are recorded by the egress program: attach with
+            --egress, or every reply is dropped. --expiry (default 30s, 1s
+            to 1h) is how long a request waits for its reply.
+add sets the direction of ports already protected. The ports are two
+65,536-bit bitmaps read by every attached program; changes are live, and
 adding a port never unprotects another, even for an instant.`,
 	example: `  sudo xdpguard ports add 11212
+  sudo xdpguard ports add 53 123 --direction response
+  sudo xdpguard ports add 53 --direction response --expiry 10s
   sudo xdpguard ports del 11212
   sudo xdpguard ports list --json`,
-	flags: func(fs *pflag.FlagSet) { fs.Bool("json", false, "list: print JSON") },
+	flags: func(fs *pflag.FlagSet) {
+		fs.Bool("json", false, "list: print JSON")
+		fs.String("direction", string(loader.DirBoth), "add: both, request or response")
+		fs.String("expiry", "", "add, response ports: how long a request awaits its reply (1s to 1h; default 30s)")
+	},
 	run: func(c *cli, fs *pflag.FlagSet, args []string) error {
 		if len(args) == 0 {
 			return usagef("give an action: add, del or list")
@@ -220,18 +238,22 @@ adding a port never unprotects another, even for an instant.`,
 				}
 				ports = append(ports, p)
 			}
+			add, err := portSettings(fs, action, ports)
+			if err != nil {
+				return err
+			}
 			return withConfig(c, true, func(g *loader.Guard) error {
 				var left int
 				err := changeConfig(g, func(cfg *loader.Config) error {
 					if action == "add" {
-						cfg.Ports = append(cfg.Ports, ports...)
+						cfg.Ports = setPorts(cfg.Ports, add)
 					} else {
 						for _, p := range ports {
-							if !slices.Contains(cfg.Ports, p) {
+							if !slices.ContainsFunc(cfg.Ports, func(q loader.Port) bool { return q.Number == p }) {
 								return fmt.Errorf("port %d is not protected: see xdpguard ports list", p)
 							}
 						}
-						cfg.Ports = slices.DeleteFunc(cfg.Ports, func(p uint16) bool { return slices.Contains(ports, p) })
+						cfg.Ports = slices.DeleteFunc(cfg.Ports, func(q loader.Port) bool { return slices.Contains(ports, q.Number) })
 					}
 					left = len(cfg.Ports)
 					return nil
@@ -243,7 +265,7 @@ adding a port never unprotects another, even for an instant.`,
 					c.warn("no port is protected now: xdpguard passes everything (xdpguard ports add 11211)")
 				}
 				fmt.Fprintf(c.stdout, "%d port(s) protected\n", left)
-				return nil
+				return warnEgressGap(c, g)
 			})
 		case "list":
 			if len(rest) > 0 {
@@ -255,21 +277,99 @@ adding a port never unprotects another, even for an instant.`,
 				return err
 			}
 			if asJSON {
-				ports := cfg.Ports
-				if ports == nil {
-					ports = []uint16{}
-				}
 				return writeJSON(c.stdout, struct {
-					Ports []uint16 `json:"ports"`
-				}{ports})
+					Ports []loader.PortSpec `json:"ports"`
+				}{portSpecs(cfg.Ports)})
 			}
-			for _, p := range cfg.Ports {
-				fmt.Fprintln(c.stdout, p)
+			tw := table(c.stdout)
+			fmt.Fprintln(tw, "PORT\tDIRECTION\tEXPIRY")
+			for _, p := range portSpecs(cfg.Ports) {
+				expiry := "-"
+				if p.Expiry != "" {
+					expiry = p.Expiry
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\n", p.Port, p.Direction, expiry)
 			}
-			return nil
+			return tw.Flush()
 		}
 		return usagef("unknown action %q: use add, del or list", action)
 	},
+}
+
+// portSettings reads --direction and --expiry for ports: the ports add
+// sets. Both are refused where they mean nothing (del, list) and an expiry
+// for a direction other than response.
+func portSettings(fs *pflag.FlagSet, action string, ports []uint16) ([]loader.Port, error) {
+	dirArg, _ := fs.GetString("direction")
+	expArg, _ := fs.GetString("expiry")
+	if action != "add" {
+		if fs.Changed("direction") || fs.Changed("expiry") {
+			return nil, usagef("--direction and --expiry go with ports add")
+		}
+		return nil, nil
+	}
+	dir, err := loader.ParseDirection(dirArg)
+	if err != nil {
+		return nil, usageError{err.Error()}
+	}
+	var expiry time.Duration
+	if expArg != "" {
+		if dir != loader.DirResponse {
+			return nil, usagef("--expiry is for response ports only: add --direction response, or drop --expiry")
+		}
+		if expiry, err = loader.ParseExpiry(expArg); err != nil {
+			return nil, usageError{err.Error()}
+		}
+	}
+	out := make([]loader.Port, len(ports))
+	for i, n := range ports {
+		out[i] = loader.Port{Number: n, Direction: dir, Expiry: expiry}
+	}
+	return out, nil
+}
+
+// setPorts returns ports with each of add added, or put in place of the
+// port of the same number.
+func setPorts(ports, add []loader.Port) []loader.Port {
+	out := slices.DeleteFunc(slices.Clone(ports), func(p loader.Port) bool {
+		return slices.ContainsFunc(add, func(a loader.Port) bool { return a.Number == p.Number })
+	})
+	return append(out, add...)
+}
+
+// portSpecs are ports as output shows them; never nil, so JSON has [].
+func portSpecs(ports []loader.Port) []loader.PortSpec {
+	out := make([]loader.PortSpec, len(ports))
+	for i, p := range ports {
+		out[i] = p.Spec()
+	}
+	return out
+}
+
+// warnEgressGap warns when response ports have interfaces whose requests
+// are not recorded (loader.EgressGap).
+func warnEgressGap(c *cli, g *loader.Guard) error {
+	gap, err := egressGap(g)
+	if err != nil {
+		return err
+	}
+	if gap != nil {
+		c.warn(gap.String())
+	}
+	return nil
+}
+
+// egressGap is the live config's loader.EgressGap over every attachment.
+func egressGap(g *loader.Guard) (*loader.EgressGap, error) {
+	cfg, err := g.Maps.ReadConfig()
+	if err != nil {
+		return nil, err
+	}
+	atts, err := g.Attachments()
+	if err != nil {
+		return nil, err
+	}
+	return loader.FindEgressGap(cfg, atts), nil
 }
 
 // currentConfig is the live config, or the defaults when nothing is set up.

@@ -106,7 +106,7 @@ without it the mode is left as it is (enforce on a first attach).`,
 				fmt.Fprintf(c.stdout, "%s: unchanged (xdp %s, %s)\n", spec.Name, spec.Mode, egress)
 			}
 		}
-		return nil
+		return warnEgressGap(c, g)
 	},
 }
 
@@ -195,13 +195,16 @@ others it cannot be rolled back if it fails half-way.`,
 type statusReport struct {
 	Attachments []loader.Attachment `json:"attachments"`
 	Config      configReport        `json:"config"`
+	// EgressGap: response ports whose requests leave by interfaces
+	// without egress, so their replies are all dropped; absent when none.
+	EgressGap *loader.EgressGap `json:"egress_gap,omitempty"`
 }
 
 type configReport struct {
-	Mode      string      `json:"mode"`
-	Ports     []uint16    `json:"ports"`
-	Allow     allowCounts `json:"allow"`
-	Fragments string      `json:"fragments"`
+	Mode      string            `json:"mode"`
+	Ports     []loader.PortSpec `json:"ports"`
+	Allow     allowCounts       `json:"allow"`
+	Fragments string            `json:"fragments"`
 }
 
 type allowCounts struct {
@@ -230,7 +233,7 @@ allow list sizes, fragment policy.`,
 		switch {
 		case errors.Is(err, loader.ErrNotSetUp):
 			def := loader.DefaultConfig()
-			rep.Config = configReport{Mode: def.Mode.String(), Ports: def.Ports, Fragments: def.FragPolicy.String()}
+			rep.Config = configReport{Mode: def.Mode.String(), Ports: portSpecs(def.Ports), Fragments: def.FragPolicy.String()}
 		case err != nil:
 			return err
 		default:
@@ -242,6 +245,9 @@ allow list sizes, fragment policy.`,
 				rep.Attachments = []loader.Attachment{}
 			}
 			if rep.Config, err = readConfigReport(g); err != nil {
+				return err
+			}
+			if rep.EgressGap, err = egressGap(g); err != nil {
 				return err
 			}
 		}
@@ -262,13 +268,9 @@ func readConfigReport(g *loader.Guard) (configReport, error) {
 	if err != nil {
 		return configReport{}, err
 	}
-	ports := cfg.Ports
-	if ports == nil {
-		ports = []uint16{}
-	}
 	return configReport{
 		Mode:      cfg.Mode.String(),
-		Ports:     ports,
+		Ports:     portSpecs(cfg.Ports),
 		Allow:     allowCounts{IPv4: v4, IPv6: v6},
 		Fragments: cfg.FragPolicy.String(),
 	}, nil

@@ -221,7 +221,7 @@ func TestCLIInNamespace(t *testing.T) {
 	}
 	if len(st.Attachments) != 2 || st.Attachments[0].Hook != "xdp" || st.Attachments[1].Hook != "tc" ||
 		st.Attachments[0].Interface != "xg1" || st.Attachments[0].ProgramID == 0 ||
-		st.Config.Mode != "enforce" || st.Config.Fragments != "track" || len(st.Config.Ports) != 1 || st.Config.Ports[0] != 11211 {
+		st.Config.Mode != "enforce" || st.Config.Fragments != "track" || len(st.Config.Ports) != 1 || st.Config.Ports[0] != (loader.PortSpec{Port: 11211, Direction: "both"}) {
 		t.Fatalf("status --json: %+v", st)
 	}
 	var ino uint64

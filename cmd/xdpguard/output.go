@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/xdpguard/xdpguard/internal/metrics"
 	"github.com/xdpguard/xdpguard/loader"
@@ -21,25 +22,41 @@ func table(w io.Writer) *tabwriter.Writer {
 	return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 }
 
-func joinPorts(ports []uint16) string {
+// joinPorts spells ports on one line: 53/response(30s),123/request,11211.
+func joinPorts(ports []loader.Port) string {
 	if len(ports) == 0 {
 		return "none"
 	}
 	s := make([]string, len(ports))
 	for i, p := range ports {
-		s[i] = fmt.Sprint(p)
+		s[i] = p.String()
 	}
 	return strings.Join(s, ",")
+}
+
+// joinPortSpecs is joinPorts for ports as output holds them.
+func joinPortSpecs(ports []loader.PortSpec) string {
+	out := make([]loader.Port, len(ports))
+	for i, p := range ports {
+		out[i] = loader.Port{Number: p.Port, Direction: loader.Direction(p.Direction)}
+		if p.Expiry != "" {
+			out[i].Expiry, _ = time.ParseDuration(p.Expiry)
+		}
+	}
+	return joinPorts(out)
 }
 
 func printStatus(w io.Writer, pinPath string, rep statusReport) {
 	tw := table(w)
 	fmt.Fprintf(tw, "pin path\t%s\n", pinPath)
 	fmt.Fprintf(tw, "mode\t%s\n", rep.Config.Mode)
-	fmt.Fprintf(tw, "ports\t%s\n", joinPorts(rep.Config.Ports))
+	fmt.Fprintf(tw, "ports\t%s\n", joinPortSpecs(rep.Config.Ports))
 	fmt.Fprintf(tw, "allow\t%d IPv4, %d IPv6 prefixes\n", rep.Config.Allow.IPv4, rep.Config.Allow.IPv6)
 	fmt.Fprintf(tw, "fragments\t%s\n", rep.Config.Fragments)
 	tw.Flush()
+	if rep.EgressGap != nil {
+		fmt.Fprintf(w, "\nWARNING: %s\n", rep.EgressGap)
+	}
 	fmt.Fprintln(w)
 	if len(rep.Attachments) == 0 {
 		fmt.Fprintln(w, "not attached to any interface")

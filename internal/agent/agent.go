@@ -386,6 +386,10 @@ func (a *Agent) reloadConfig(why string, force bool) bool {
 	if cfg.Digest != a.cfg.Digest {
 		a.log.Info("config changed", "file", cfg.Path, "why", why)
 	}
+	if ports := cfg.LoaderConfig().ResponsePorts(); len(ports) > 0 && !cfg.Interfaces.Egress {
+		a.log.Warn("response ports without egress: no request is recorded, so every reply from these ports is dropped (drop_unsolicited); set interfaces.egress: true",
+			"file", cfg.Path, "ports", ports)
+	}
 	a.cfg = cfg
 	a.attackCfg.Store(&cfg.Attacks)
 	a.watchFiles()

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/xdpguard/xdpguard/internal/nstest"
+	"github.com/xdpguard/xdpguard/loader"
 )
 
 // xdpguardBin is the binary TestMain built, "" when not running as root.
@@ -249,14 +250,35 @@ type status struct {
 		ProgramID uint32 `json:"program_id"`
 	} `json:"attachments"`
 	Config struct {
-		Mode  string   `json:"mode"`
-		Ports []uint16 `json:"ports"`
+		Mode  string      `json:"mode"`
+		Ports portNumbers `json:"ports"`
 		Allow struct {
 			IPv4 int `json:"ipv4"`
 			IPv6 int `json:"ipv6"`
 		} `json:"allow"`
 		Fragments string `json:"fragments"`
 	} `json:"config"`
+}
+
+// portNumbers reads status's ports ({"port": 53, "direction": ...}) as
+// their numbers: the agent's tests configure ports of direction both.
+type portNumbers []uint16
+
+func (p *portNumbers) UnmarshalJSON(b []byte) error {
+	var specs []loader.PortSpec
+	if err := json.Unmarshal(b, &specs); err != nil {
+		return err
+	}
+	*p = loader.PortNumbers(specsPorts(specs))
+	return nil
+}
+
+func specsPorts(specs []loader.PortSpec) []loader.Port {
+	out := make([]loader.Port, len(specs))
+	for i, s := range specs {
+		out[i] = loader.Port{Number: s.Port, Direction: loader.Direction(s.Direction)}
+	}
+	return out
 }
 
 func (h *host) status(t *testing.T) status {

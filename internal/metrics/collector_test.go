@@ -39,7 +39,7 @@ func fakeSnapshot() *Snapshot {
 			// The same name in a container's namespace.
 			{Interface: "eth0", Ifindex: 2, Netns: 4026532301, Hook: "xdp", Mode: "generic", ProgramID: 43},
 		},
-		Config: loader.Config{Mode: loader.ModeMonitor, FragPolicy: loader.FragStrict, Ports: []uint16{53, 11211}},
+		Config: loader.Config{Mode: loader.ModeMonitor, FragPolicy: loader.FragStrict, Ports: loader.BothPorts(53, 11211)},
 		Allow:  AllowCounts{IPv4: 3, IPv6: 1},
 		Maps: []MapFill{
 			{Name: "allow4", Entries: 3, MaxEntries: 1 << 20},

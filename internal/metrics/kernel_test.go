@@ -141,7 +141,7 @@ func (r *rig) attack(t *testing.T) map[string]map[string]uint64 {
 		// Through Apply, as the CLI and the agent change it: Apply keeps
 		// the allow-list counts the collector reads.
 		cfg := loader.DefaultConfig()
-		cfg.Ports = []uint16{53, 11211}
+		cfg.Ports = loader.BothPorts(53, 11211)
 		_, err := g.Apply(loader.DesiredState{
 			Config: cfg,
 			Allow:  []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("2001:db8::/48")},

@@ -163,7 +163,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(c.configInfo, 1, snap.Config.Mode.String(), snap.Config.FragPolicy.String())
 	for _, p := range snap.Config.Ports {
-		gauge(c.port, 1, strconv.Itoa(int(p)))
+		gauge(c.port, 1, strconv.Itoa(int(p.Number)))
 	}
 	gauge(c.allow, float64(snap.Allow.IPv4), "ipv4")
 	gauge(c.allow, float64(snap.Allow.IPv6), "ipv6")

@@ -29,6 +29,8 @@ const (
 	DropMalformed                    // could be UDP, headers unreadable
 	WouldDrop                        // monitor mode: one of the drops above
 	PassOrphanFragment               // track: later fragment, first never seen
+	Solicited                        // from a response port, answering a live request
+	DropUnsolicited                  // from a response port, answering no live request
 )
 
 var reasonNames = [...]string{
@@ -41,6 +43,8 @@ var reasonNames = [...]string{
 	DropMalformed:      "drop_malformed",
 	WouldDrop:          "would_drop",
 	PassOrphanFragment: "pass_orphan_fragment",
+	Solicited:          "solicited",
+	DropUnsolicited:    "drop_unsolicited",
 }
 
 func (r Reason) String() string {
@@ -53,7 +57,7 @@ func (r Reason) String() string {
 // Dropped reports whether a frame with this reason is dropped.
 func (r Reason) Dropped() bool {
 	switch r {
-	case DropRequest, DropResponse, DropFragment, DropOrphanFragment, DropMalformed:
+	case DropRequest, DropResponse, DropFragment, DropOrphanFragment, DropMalformed, DropUnsolicited:
 		return true
 	}
 	return false
@@ -110,12 +114,39 @@ const (
 	Strict                   // drop them
 )
 
+// Direction is what a protected port drops.
+type Direction int
+
+// The three directions.
+const (
+	// Both: UDP to the port (a request) and from it (a response), at both
+	// hooks.
+	Both Direction = iota
+	// Request: requests arriving (ingress, to the port) and responses
+	// leaving (egress, from the port).
+	Request
+	// Response: responses arriving (ingress, from the port) that answer
+	// no live request in the request table; requests leaving (egress, to
+	// the port) are recorded there.
+	Response
+)
+
+// DefaultExpiry is how long a request awaits its reply when its port's
+// Expiry gives none.
+const DefaultExpiry = 30 * time.Second
+
 // Config is the policy's configuration.
 type Config struct {
 	Mode       Mode
 	FragPolicy FragPolicy
-	Ports      []uint16       // protected UDP ports
-	Allow      []netip.Prefix // trusted peers, IPv4 and IPv6 mixed
+	Ports      []uint16 // protected UDP ports
+	// Directions gives a port of Ports its direction; a port it does not
+	// name is Both.
+	Directions map[uint16]Direction
+	// Expiry gives a response port's expiry; one it does not name (or
+	// names with 0) waits DefaultExpiry.
+	Expiry map[uint16]time.Duration
+	Allow  []netip.Prefix // trusted peers, IPv4 and IPv6 mixed
 	// How long a first fragment's verdict lasts, per family: the kernel's
 	// reassembly timeouts. Zero means the kernel's defaults, 30 s for IPv4
 	// (ipfrag_time) and 60 s for IPv6 (ip6frag_time).
@@ -149,6 +180,14 @@ type FragKey struct {
 	Hook     Hook
 }
 
+// RequestKey is a request this host sent to a response port, as its reply
+// will match it: this host's address and port, the peer's address and
+// port. Addresses of one family; IPv4 ones are plain 4-byte addresses.
+type RequestKey struct {
+	Local, Remote         netip.Addr
+	LocalPort, RemotePort uint16
+}
+
 // fragEntry is a first fragment's verdict and when it was recorded.
 type fragEntry struct {
 	reason Reason
@@ -163,14 +202,54 @@ type Model struct {
 	allow4 []netip.Prefix
 	allow6 []netip.Prefix
 	frags  map[FragKey]fragEntry
-	now    time.Duration // the model's clock: Advance moves it
+	// The request table: a request's expiry on the model's clock. It
+	// has no bound: the data plane's LRU forgets the least recently
+	// used requests when full, which a test models by deleting them.
+	requests map[RequestKey]time.Duration
+	now      time.Duration // the model's clock: Advance moves it
 }
 
-// New returns a model with cfg and an empty fragment table.
+// New returns a model with cfg and empty fragment and request tables.
 func New(cfg Config) *Model {
-	m := &Model{frags: make(map[FragKey]fragEntry)}
+	m := &Model{frags: make(map[FragKey]fragEntry), requests: make(map[RequestKey]time.Duration)}
 	m.SetConfig(cfg)
 	return m
+}
+
+// Now is the model's clock.
+func (m *Model) Now() time.Duration { return m.now }
+
+// SetRequest puts a request in the table, awaited until expires (on the
+// model's clock: live while Now() < expires).
+func (m *Model) SetRequest(k RequestKey, expires time.Duration) { m.requests[k] = expires }
+
+// DeleteRequest forgets a request, as the data plane's LRU does when full.
+func (m *Model) DeleteRequest(k RequestKey) { delete(m.requests, k) }
+
+// Requests returns a copy of the request table, expired entries included.
+func (m *Model) Requests() map[RequestKey]time.Duration {
+	out := make(map[RequestKey]time.Duration, len(m.requests))
+	for k, v := range m.requests {
+		out[k] = v
+	}
+	return out
+}
+
+// ClearRequests empties the request table.
+func (m *Model) ClearRequests() { clear(m.requests) }
+
+func (m *Model) direction(port uint16) Direction {
+	if d, ok := m.cfg.Directions[port]; ok {
+		return d
+	}
+	return Both
+}
+
+func (m *Model) expiry(port uint16) time.Duration {
+	if e := m.cfg.Expiry[port]; e > 0 {
+		return e
+	}
+	return DefaultExpiry
 }
 
 // Advance moves the model's clock on by d: fragment verdicts older than the
@@ -270,21 +349,64 @@ func (m *Model) decide(p *Parsed, hook Hook) Reason {
 		}
 		return first.reason
 	case UDP:
-		var drop Reason
-		switch {
-		case m.ports[p.DstPort]:
-			drop = DropRequest
-		case m.ports[p.SrcPort]:
-			drop = DropResponse
-		default:
-			return Pass
+		if hook == Ingress {
+			return m.ingress(p)
 		}
-		if m.allowed(p, hook) {
-			return Allowlisted
-		}
-		return drop
+		return m.egress(p)
 	}
 	return Pass
+}
+
+// ingress: a request (to the port) arriving is dropped for request and
+// both ports; a response (from the port) arriving is dropped for both ports
+// and, for response ports, unless it answers a live request. The
+// destination port is looked at first.
+func (m *Model) ingress(p *Parsed) Reason {
+	if m.ports[p.DstPort] && m.direction(p.DstPort) != Response {
+		return m.allowedOr(p, Ingress, DropRequest)
+	}
+	if m.ports[p.SrcPort] {
+		switch m.direction(p.SrcPort) {
+		case Both:
+			return m.allowedOr(p, Ingress, DropResponse)
+		case Response:
+			if m.allowed(p, Ingress) {
+				return Allowlisted
+			}
+			k := RequestKey{Local: p.Dst, Remote: p.Src, LocalPort: p.DstPort, RemotePort: p.SrcPort}
+			if exp, ok := m.requests[k]; ok && m.now < exp {
+				return Solicited
+			}
+			return DropUnsolicited
+		}
+	}
+	return Pass
+}
+
+// egress: a request (to the port) leaving is dropped for both ports and
+// recorded for response ports; a response (from the port) leaving is
+// dropped for request and both ports. The destination port is looked at
+// first, but a request to a response port is recorded only once nothing
+// drops it.
+func (m *Model) egress(p *Parsed) Reason {
+	if m.ports[p.DstPort] && m.direction(p.DstPort) == Both {
+		return m.allowedOr(p, Egress, DropRequest)
+	}
+	if m.ports[p.SrcPort] && m.direction(p.SrcPort) != Response {
+		return m.allowedOr(p, Egress, DropResponse)
+	}
+	if m.ports[p.DstPort] && m.direction(p.DstPort) == Response {
+		k := RequestKey{Local: p.Src, Remote: p.Dst, LocalPort: p.SrcPort, RemotePort: p.DstPort}
+		m.requests[k] = m.now + m.expiry(p.DstPort)
+	}
+	return Pass
+}
+
+func (m *Model) allowedOr(p *Parsed, hook Hook, drop Reason) Reason {
+	if m.allowed(p, hook) {
+		return Allowlisted
+	}
+	return drop
 }
 
 func (m *Model) allowed(p *Parsed, hook Hook) bool {

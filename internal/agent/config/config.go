@@ -70,8 +70,9 @@ type Config struct {
 	// PinPath is the loader's pin path; the agent owns what is under it.
 	PinPath    string
 	Interfaces Interfaces
-	// Ports are the protected UDP ports, ascending and unique.
-	Ports     []uint16
+	// Ports are the protected UDP ports, ascending by number and unique,
+	// each with its direction (and a response port's expiry).
+	Ports     []loader.Port
 	Mode      loader.Mode
 	Fragments loader.FragPolicy
 	Allow     Allow
@@ -197,7 +198,7 @@ func Parse(file string, data []byte) (*Config, error) {
 			XDPMode:   loader.XDPAuto,
 			TCBackend: loader.TCAuto,
 		},
-		Ports:          []uint16{loader.DefaultPort},
+		Ports:          loader.BothPorts(loader.DefaultPort),
 		Mode:           loader.ModeEnforce,
 		Fragments:      loader.FragTrack,
 		MetricsListen:  DefaultMetricsListen,
@@ -534,27 +535,83 @@ func checkGlob(s string) error {
 	return nil
 }
 
-func (p *parser) ports(n *yaml.Node, field string) []uint16 {
+// ports reads the protected ports: each item a port number (protected in
+// both directions) or a mapping {port: 53, direction: response, expiry: 30s}.
+// A number given twice with different settings is an error at its second
+// place.
+func (p *parser) ports(n *yaml.Node, field string) []loader.Port {
 	if isNull(n) || n.Kind == yaml.SequenceNode && len(n.Content) == 0 {
 		p.add(n, field, "empty: name at least one UDP port to protect (memcached's is %d)", loader.DefaultPort)
 		return nil
 	}
-	var out []uint16
+	var out []loader.Port
+	where := map[uint16]int{} // index in out
 	for i, c := range p.list(n, field, "UDP ports") {
 		f := item(field, i)
-		s, ok := p.scalar(c, f, "a port number")
-		if !ok {
+		var port loader.Port
+		if c.Kind == yaml.MappingNode {
+			var ok bool
+			if port, ok = p.portMapping(c, f); !ok {
+				continue
+			}
+		} else {
+			s, ok := p.scalar(c, f, "a port number or a mapping {port: 53, direction: response}")
+			if !ok {
+				continue
+			}
+			num, err := loader.ParsePort(s)
+			if err != nil {
+				p.add(c, f, "%v", err)
+				continue
+			}
+			port = loader.Port{Number: num, Direction: loader.DirBoth}
+		}
+		if j, dup := where[port.Number]; dup {
+			if out[j] != port {
+				p.add(c, f, "port %d is given twice with different settings (%s and %s): keep one", port.Number, out[j], port)
+			}
 			continue
 		}
-		port, err := loader.ParsePort(s)
-		if err != nil {
-			p.add(c, f, "%v", err)
-			continue
-		}
+		where[port.Number] = len(out)
 		out = append(out, port)
 	}
-	slices.Sort(out)
-	return slices.Compact(out)
+	slices.SortFunc(out, func(a, b loader.Port) int { return int(a.Number) - int(b.Number) })
+	return out
+}
+
+// portMapping reads {port: 53, direction: response, expiry: 30s}: port is
+// required, direction defaults to both, expiry (response ports only) to
+// loader.DefaultSolicitExpiry. (A profile key, naming built-in reflection
+// profiles, belongs beside these: internal/profiles.)
+func (p *parser) portMapping(n *yaml.Node, field string) (loader.Port, bool) {
+	port := loader.Port{Direction: loader.DirBoth}
+	var sawPort, sawExpiry bool
+	errs := len(p.errs)
+	p.mapping(n, field, map[string]func(*yaml.Node, string){
+		"port": func(n *yaml.Node, f string) {
+			sawPort = true
+			port.Number = parseWith(p, n, f, loader.ParsePort)
+		},
+		"direction": func(n *yaml.Node, f string) {
+			if d := parseWith(p, n, f, loader.ParseDirection); d != "" {
+				port.Direction = d
+			}
+		},
+		"expiry": func(n *yaml.Node, f string) {
+			sawExpiry = true
+			port.Expiry = parseWith(p, n, f, loader.ParseExpiry)
+		},
+	})
+	if !sawPort {
+		p.add(n, field, "no port: give its number, as in {port: 53, direction: response}")
+	}
+	if sawExpiry && port.Direction != loader.DirResponse && len(p.errs) == errs {
+		p.add(n, field, "expiry is for response ports only (this one is %s): remove it or add direction: response", port.Direction)
+	}
+	if port.Direction == loader.DirResponse && port.Expiry == 0 {
+		port.Expiry = loader.DefaultSolicitExpiry
+	}
+	return port, len(p.errs) == errs
 }
 
 func (p *parser) prefixes(n *yaml.Node, field string) []netip.Prefix {

@@ -74,7 +74,7 @@ attacks:
 			Include: []string{"eth*", "bond0"}, Exclude: []string{"docker*"},
 			XDPMode: loader.XDPNative, Egress: true, TCBackend: loader.TCLegacy, Force: true,
 		},
-		Ports:     []uint16{11211, 11212},
+		Ports:     loader.BothPorts(11211, 11212),
 		Mode:      loader.ModeMonitor,
 		Fragments: loader.FragStrict,
 		Allow: Allow{
@@ -100,7 +100,7 @@ attacks:
 	if got := c.WatchedFiles(); !reflect.DeepEqual(got, []string{path, want.Allow.Files[0], want.Allow.Files[1]}) {
 		t.Errorf("WatchedFiles = %v", got)
 	}
-	if lc := c.LoaderConfig(); lc.Mode != loader.ModeMonitor || lc.FragPolicy != loader.FragStrict || !reflect.DeepEqual(lc.Ports, []uint16{11211, 11212}) {
+	if lc := c.LoaderConfig(); lc.Mode != loader.ModeMonitor || lc.FragPolicy != loader.FragStrict || !reflect.DeepEqual(lc.Ports, loader.BothPorts(11211, 11212)) {
 		t.Errorf("LoaderConfig = %+v", lc)
 	}
 }
@@ -112,7 +112,7 @@ func TestLoadDefaults(t *testing.T) {
 	}
 	if c.PinPath != loader.DefaultPinPath || c.Interfaces.XDPMode != loader.XDPAuto || c.Interfaces.Egress ||
 		c.Interfaces.TCBackend != loader.TCAuto || c.Interfaces.Force || len(c.Interfaces.Exclude) != 0 ||
-		!reflect.DeepEqual(c.Ports, []uint16{loader.DefaultPort}) || c.Mode != loader.ModeEnforce ||
+		!reflect.DeepEqual(c.Ports, loader.BothPorts(loader.DefaultPort)) || c.Mode != loader.ModeEnforce ||
 		c.Fragments != loader.FragTrack || len(c.Allow.All) != 0 || c.MetricsListen != DefaultMetricsListen ||
 		c.OnStop != OnStopKeep || c.ResyncInterval != DefaultResyncInterval ||
 		c.Attacks != (Attacks{ThresholdPPS: 1000, MinDuration: 2 * time.Second, QuietPeriod: 10 * time.Second, UpdateEvery: 10 * time.Second}) {

@@ -34,7 +34,7 @@ func Defaults() ([]Map, error) {
 		return nil, fmt.Errorf("create maps: %w", err)
 	}
 	defer m.Close()
-	dp, err := loader.LoadDataplane(m, nil)
+	dp, err := loader.LoadDataplane(m, loader.Counters{})
 	if err != nil {
 		return nil, fmt.Errorf("load data plane: %w", err)
 	}
@@ -45,9 +45,9 @@ func Defaults() ([]Map, error) {
 		m     *ebpf.Map
 		scope string
 	}{{m.Config, "host"}, {m.Allow4, "host"}, {m.Allow6, "host"}, {m.Allow4Blocks, "host"}, {m.Allow6Blocks, "host"},
-		{m.Frags4, "host"}, {m.Frags6, "host"},
+		{m.Frags4, "host"}, {m.Frags6, "host"}, {m.Req4, "host"}, {m.Req6, "host"}, {m.Expiry, "host"},
 		{m.Samples, "host"}, {m.SampleRateMap, "host"}, {m.SampleBudget, "host"},
-		{dp.Stats, "interface"}, {dp.SampleStats, "interface"}} {
+		{dp.Stats, "interface"}, {dp.Stats2, "interface"}, {dp.SampleStats, "interface"}, {dp.SampleStats2, "interface"}} {
 		info, err := x.m.Info()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("map info: %w", err))

@@ -66,7 +66,7 @@ func LoadXdpguard(sizes loader.MapSizes) (*Program, *loader.Maps, error) {
 		m.Close()
 		return nil, nil, fmt.Errorf("configure xdpguard: %w", err)
 	}
-	dp, err := loader.LoadDataplane(m, nil)
+	dp, err := loader.LoadDataplane(m, loader.Counters{})
 	if err != nil {
 		m.Close()
 		return nil, nil, fmt.Errorf("load xdpguard: %w", err)

@@ -86,7 +86,7 @@ func Run(rounds, repeat int) (res *Result, err error) {
 		if err := m.SetSampleRate(s.rate); err != nil {
 			return nil, fmt.Errorf("%s: %w", s.name, err)
 		}
-		dp, err := loader.LoadDataplane(m, nil)
+		dp, err := loader.LoadDataplane(m, loader.Counters{})
 		if err != nil {
 			return nil, fmt.Errorf("%s: load: %w", s.name, err)
 		}
@@ -106,7 +106,7 @@ func Run(rounds, repeat int) (res *Result, err error) {
 		if v := pp.Cells[s.name][Frame].Verdict; v != frame.Want {
 			return nil, fmt.Errorf("%s returned %s on %s, want %s", s.name, frames.VerdictName(v), Frame, frames.VerdictName(frame.Want))
 		}
-		byHook, err := loader.ReadSampleStats(stats[s.name])
+		byHook, err := loader.ReadSampleStats(stats[s.name], nil) // this bench samples drop_request only
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", s.name, err)
 		}
