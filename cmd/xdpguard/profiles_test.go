@@ -1,12 +1,19 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/xdpguard/xdpguard/internal/nstest"
 	"github.com/xdpguard/xdpguard/internal/profiles"
+	"github.com/xdpguard/xdpguard/loader"
 )
 
 func TestPortsProfilesList(t *testing.T) {
@@ -48,5 +55,105 @@ func TestPortsProfilesList(t *testing.T) {
 	if !slices.Equal(dns.Ports, []uint16{53}) || dns.Direction != "response" || dns.FactorMin != 28 || dns.FactorMax != 54 ||
 		dns.Factor != "28 to 54" || !strings.HasPrefix(dns.Source, "https://") {
 		t.Errorf("ports profiles --json: dns is %+v", dns)
+	}
+}
+
+// Bad input is a usage error that names it, and changes nothing: the pin
+// path is never created.
+func TestPortsProfileUsageErrors(t *testing.T) {
+	pin := filepath.Join(t.TempDir(), "never-created")
+	for _, tc := range []struct {
+		args []string
+		want []string // in stderr
+	}{
+		{[]string{"ports", "add", "--profile", "dns,nope"}, append([]string{`"nope"`}, profiles.Names()...)},
+		{[]string{"ports", "add", "--profile", "dns,"}, []string{"empty profile name"}},
+		{[]string{"ports", "add", "--profile", "dns", "53"}, []string{"takes no PORT arguments"}},
+		{[]string{"ports", "list", "--profile", "dns"}, []string{"--profile goes with ports add"}},
+		{[]string{"ports", "profiles", "dns"}, []string{"takes no arguments"}},
+		{[]string{"ports", "add", "--profile", "dns", "--direction", "sideways"}, []string{`"sideways"`}},
+		{[]string{"ports", "add", "--profile", "chargen", "--expiry", "10s"}, []string{"--expiry is for response ports only"}},
+	} {
+		code, _, errb := runCLI(append([]string{"--pin-path", pin}, tc.args...)...)
+		if code != exitUsage {
+			t.Errorf("%v: exit %d, want %d: %s", tc.args, code, exitUsage, errb)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(errb, w) {
+				t.Errorf("%v: stderr does not say %q: %s", tc.args, w, errb)
+			}
+		}
+		if _, err := os.Stat(pin); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%v: created %s", tc.args, pin)
+		}
+	}
+}
+
+// ports add --profile, as root, on real pinned state: each profile's ports
+// with its direction; --direction overrides; a bad name afterwards changes
+// nothing.
+func TestPortsAddProfile(t *testing.T) {
+	nstest.RequireRoot(t)
+	var r [4]byte
+	_, _ = rand.Read(r[:])
+	pin := filepath.Join("/sys/fs/bpf", "xgprof-"+hex.EncodeToString(r[:]))
+	t.Cleanup(func() { _ = os.RemoveAll(pin) })
+	cli := func(args ...string) (int, string, string) {
+		return runCLI(append([]string{"--pin-path", pin}, args...)...)
+	}
+	ports := func() []loader.Port {
+		t.Helper()
+		g, err := loader.OpenReadOnly(pin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.Close()
+		cfg, err := g.Maps.ReadConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg.Ports
+	}
+	resp := func(n uint16) loader.Port {
+		return loader.Port{Number: n, Direction: loader.DirResponse, Expiry: loader.DefaultSolicitExpiry}
+	}
+	both := func(n uint16) loader.Port { return loader.Port{Number: n, Direction: loader.DirBoth} }
+
+	code, out, errb := cli("ports", "add", "--profile", "DNS,ntp")
+	if code != exitOK || !strings.Contains(out, "dns (53 response)") || !strings.Contains(out, "3 port(s) protected") {
+		t.Fatalf("ports add --profile DNS,ntp: exit %d: %s%s", code, out, errb)
+	}
+	want := []loader.Port{resp(53), resp(123), both(loader.DefaultPort)}
+	if got := ports(); !slices.Equal(got, want) {
+		t.Fatalf("after --profile dns,ntp: ports %v, want %v", got, want)
+	}
+
+	code, out, errb = cli("ports", "add", "--profile", "chargen,qotd,tftp")
+	if code != exitOK {
+		t.Fatalf("ports add --profile chargen,qotd,tftp: exit %d: %s%s", code, out, errb)
+	}
+	want = []loader.Port{both(17), both(19), resp(53), {Number: 69, Direction: loader.DirRequest}, resp(123), both(loader.DefaultPort)}
+	if got := ports(); !slices.Equal(got, want) {
+		t.Fatalf("after chargen,qotd,tftp: ports %v, want %v", got, want)
+	}
+
+	// --direction overrides the profile's own; memcached's port becomes a
+	// response port with the expiry given.
+	code, out, errb = cli("ports", "add", "--profile", "memcached", "--direction", "response", "--expiry", "10s")
+	if code != exitOK {
+		t.Fatalf("ports add --profile memcached --direction response: exit %d: %s%s", code, out, errb)
+	}
+	want[len(want)-1] = loader.Port{Number: loader.DefaultPort, Direction: loader.DirResponse, Expiry: 10e9}
+	if got := ports(); !slices.Equal(got, want) {
+		t.Fatalf("after the override: ports %v, want %v", got, want)
+	}
+
+	// A bad name among good ones: usage error, nothing added.
+	code, _, errb = cli("ports", "add", "--profile", "snmp,bogus")
+	if code != exitUsage || !strings.Contains(errb, `"bogus"`) || !strings.Contains(errb, "snmp") {
+		t.Fatalf("ports add --profile snmp,bogus: exit %d: %s", code, errb)
+	}
+	if got := ports(); !slices.Equal(got, want) {
+		t.Fatalf("a failed --profile changed the ports: %v, want %v", got, want)
 	}
 }
