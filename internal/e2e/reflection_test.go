@@ -743,6 +743,13 @@ func TestReflectionVictimKeepsItsClients(t *testing.T) {
 			t.Errorf("%d unsolicited packets or fragments reached the victim's IP layer (nft counter %s)", n-stray0[name], name)
 		}
 	}
+
+	// Port 53 protected both ways, as before directions: the server's
+	// answers are dropped, so the clients' check above can fail.
+	run(t, g, "ports", "add", "53", "--direction", "both")
+	if err := r.lookup(r.victim, rvServer4, "www"); err == nil {
+		t.Error("a lookup succeeded with port 53 protected both ways: dropped answers would go unseen")
+	}
 	t.Logf("flood: %d datagrams, %d later fragments; capture: %d answers (%d IPv6), %d later fragments after their first, %d orphans; clients: %d answers",
 		flooded.datagrams, flooded.later, capture.datagrams, capture.udp6, capture.afterFirst, capture.orphans, answers)
 }
