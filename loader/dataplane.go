@@ -187,25 +187,33 @@ func loadDataplaneOf(m *Maps, only *linkKind, keep Counters, timeouts FragTimeou
 	if only != nil {
 		// LoadAndAssign loads only what the struct names.
 		var objs struct {
-			XDP *ebpf.Program `ebpf:"xdpguard_xdp"`
-			TC  *ebpf.Program `ebpf:"xdpguard_tc"`
-			Counters
+			XDP          *ebpf.Program `ebpf:"xdpguard_xdp"`
+			TC           *ebpf.Program `ebpf:"xdpguard_tc"`
+			Stats        *ebpf.Map     `ebpf:"xdpguard_stats"`
+			Stats2       *ebpf.Map     `ebpf:"xdpguard_stats2"`
+			SampleStats  *ebpf.Map     `ebpf:"xdpguard_sstats"`
+			SampleStats2 *ebpf.Map     `ebpf:"xdpguard_sstat2"`
 		}
 		var objsL3 struct {
-			XDP *ebpf.Program `ebpf:"xdpguard_xdp_l3"`
-			TC  *ebpf.Program `ebpf:"xdpguard_tc_l3"`
-			Counters
+			XDP          *ebpf.Program `ebpf:"xdpguard_xdp_l3"`
+			TC           *ebpf.Program `ebpf:"xdpguard_tc_l3"`
+			Stats        *ebpf.Map     `ebpf:"xdpguard_stats"`
+			Stats2       *ebpf.Map     `ebpf:"xdpguard_stats2"`
+			SampleStats  *ebpf.Map     `ebpf:"xdpguard_sstats"`
+			SampleStats2 *ebpf.Map     `ebpf:"xdpguard_sstat2"`
 		}
 		if *only == linkL3 {
 			if err := spec.LoadAndAssign(&objsL3, opts); err != nil {
 				return nil, verifierError(err)
 			}
-			return objsL3.Counters.dataplane(&Dataplane{XDPL3: objsL3.XDP, TCL3: objsL3.TC}), nil
+			return &Dataplane{XDPL3: objsL3.XDP, TCL3: objsL3.TC, Stats: objsL3.Stats, Stats2: objsL3.Stats2,
+				SampleStats: objsL3.SampleStats, SampleStats2: objsL3.SampleStats2}, nil
 		}
 		if err := spec.LoadAndAssign(&objs, opts); err != nil {
 			return nil, verifierError(err)
 		}
-		return objs.Counters.dataplane(&Dataplane{XDP: objs.XDP, TC: objs.TC}), nil
+		return &Dataplane{XDP: objs.XDP, TC: objs.TC, Stats: objs.Stats, Stats2: objs.Stats2,
+			SampleStats: objs.SampleStats, SampleStats2: objs.SampleStats2}, nil
 	}
 	var objs xdpguardObjects
 	if err := spec.LoadAndAssign(&objs, opts); err != nil {
@@ -252,12 +260,6 @@ func (d *Dataplane) Programs(k linkKind) (xdp, tc *ebpf.Program) {
 func (d *Dataplane) Close() error {
 	return errors.Join(d.XDP.Close(), d.TC.Close(), d.XDPL3.Close(), d.TCL3.Close(),
 		d.Stats.Close(), d.Stats2.Close(), d.SampleStats.Close(), d.SampleStats2.Close())
-}
-
-// dataplane fills d's counters from c.
-func (c Counters) dataplane(d *Dataplane) *Dataplane {
-	d.Stats, d.Stats2, d.SampleStats, d.SampleStats2 = c.Stats, c.Stats2, c.SampleStats, c.SampleStats2
-	return d
 }
 
 // Counters returns d's counter maps.

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -22,6 +23,46 @@ import (
 //	bit 6     frame A runs at TC (egress), else at XDP (ingress)
 //	bit 7     frame B runs at the other hook: the fragment table is shared
 var fuzzPorts = [4][]uint16{{DefaultPort}, {53}, {53, 123, DefaultPort}, {1, 65535}}
+
+// The direction byte of a fuzz input gives the ports of the config byte's
+// set their directions and fills the request table:
+//
+//	bits 0-1  the set's first port: fuzzDirs
+//	bits 2-3  its second port (if any)
+//	bits 4-5  its third port (if any)
+//	bits 6-7  request table: empty; frame A's reply awaited (the entry
+//	          that makes frame A, at ingress, a solicited reply); the same
+//	          entry expired; frame B's reply awaited
+var fuzzDirs = [4]Direction{DirBoth, DirRequest, DirResponse, DirResponse}
+
+// fuzzDirections applies the direction byte d to pol, with frames a and b
+// as the L3 or Ethernet frames the programs will see.
+func fuzzDirections(pol policy, d byte, a, b []byte, l3 bool) policy {
+	pol.dirs = map[uint16]Direction{}
+	for i, p := range pol.ports {
+		pol.dirs[p] = fuzzDirs[d>>(2*i)&3]
+	}
+	var from []byte
+	ttl := time.Hour
+	switch d >> 6 {
+	case 1:
+		from = a
+	case 2:
+		from, ttl = a, -time.Hour
+	case 3:
+		from = b
+	}
+	if from != nil {
+		p := model.Parse(from)
+		if l3 {
+			p = model.ParseL3(from)
+		}
+		if p.Kind == model.UDP {
+			pol.reqs = []reqEntry{{local: netip.AddrPortFrom(p.Dst, p.DstPort), remote: netip.AddrPortFrom(p.Src, p.SrcPort), ttl: ttl}}
+		}
+	}
+	return pol
+}
 
 // The length byte of a fuzz input rewrites each frame's IP length field
 // (IPv4 total length, IPv6 payload length) so that it disagrees with the
@@ -107,6 +148,24 @@ func fuzzConfig(c byte) (pol policy, hookA, hookB Hook) {
 	return pol, hookA, hookB
 }
 
+// seedDirections maps a table case's directions to the nearest direction
+// byte.
+func seedDirections(p policy) byte {
+	var d byte
+	for i, port := range p.portList() {
+		switch p.dirs[port] {
+		case DirRequest:
+			d |= 1 << (2 * i)
+		case DirResponse:
+			d |= 2 << (2 * i)
+		}
+	}
+	if len(p.reqs) > 0 {
+		d |= 1 << 6
+	}
+	return d
+}
+
 // seedConfig maps a table case's policy to the nearest config byte.
 func seedConfig(p policy, hook Hook) byte {
 	var c byte
@@ -119,7 +178,7 @@ func seedConfig(p policy, hook Hook) byte {
 	switch {
 	case len(p.ports) == 1 && p.ports[0] == 53:
 		c |= 1 << 2
-	case len(p.ports) == 2 && p.ports[0] == 53:
+	case len(p.ports) >= 2 && p.ports[0] == 53:
 		c |= 2 << 2
 	case len(p.ports) == 2 && p.ports[0] == 1:
 		c |= 3 << 2
@@ -138,8 +197,9 @@ func seedConfig(p policy, hook Hook) byte {
 }
 
 // FuzzDifferential runs two frames through a kernel program and through the
-// model, with a fresh fragment table, and fails on any disagreement in
-// verdict or reason.
+// model, with a fresh fragment table and the request table the direction
+// byte fills, and fails on any disagreement in verdict or reason, or in the
+// request table's keys afterwards.
 func FuzzDifferential(f *testing.F) {
 	for n, c := range dataplaneCases() {
 		for _, hook := range []Hook{HookXDP, HookTC} {
@@ -149,16 +209,30 @@ func FuzzDifferential(f *testing.F) {
 			lens := []byte{0, byte(n%3+1) | byte(n%3+1)<<2 | byte(n%8)<<4 | byte(n%2)<<7}
 			for _, l := range lens {
 				if len(c.steps) == 1 {
-					f.Add(c.steps[0].frame, c.steps[0].frame, cfg, l)
+					f.Add(c.steps[0].frame, c.steps[0].frame, cfg, l, byte(0))
 				}
 				for i := 0; i+1 < len(c.steps); i++ {
-					f.Add(c.steps[i].frame, c.steps[i+1].frame, cfg, l)
+					f.Add(c.steps[i].frame, c.steps[i+1].frame, cfg, l, byte(0))
 				}
 			}
 		}
 	}
+	// The solicited-reply cases: a request out, then its reply in (the
+	// config byte's bit 7 runs frame B at the other hook), and replies
+	// with the table filled from them.
+	for _, c := range solicitCases() {
+		for i := 0; i+1 < len(c.steps); i++ {
+			cfg := seedConfig(c.pol, c.steps[i].hook)
+			if c.steps[i].hook != c.steps[i+1].hook {
+				cfg |= 0x80
+			}
+			d := seedDirections(c.pol)
+			f.Add(c.steps[i].frame, c.steps[i+1].frame, cfg, byte(0), d)
+			f.Add(c.steps[i+1].frame, c.steps[i].frame, cfg&^0x40, byte(0), d|3<<6)
+		}
+	}
 	h := newHarness(f)
-	f.Fuzz(func(t *testing.T, a, b []byte, c, l byte) {
+	f.Fuzz(func(t *testing.T, a, b []byte, c, l, d byte) {
 		pol, hookA, hookB := fuzzConfig(c)
 		h.l3 = l&0x80 != 0
 		delta := fuzzLenDeltas[l>>4&7]
@@ -169,12 +243,13 @@ func FuzzDifferential(f *testing.F) {
 			// program on it (TestDataplaneTable checks it refuses).
 			return
 		}
+		pol = fuzzDirections(pol, d, a, b, h.l3)
 		if err := h.configure(pol); err != nil {
 			t.Fatal(err)
 		}
-		mod := model.New(pol.model())
+		mod := pol.newModel()
 		var log strings.Builder
-		fmt.Fprintf(&log, "config byte %#02x: %s; length byte %#02x (L3 entry points: %t)\n", c, pol, l, h.l3)
+		fmt.Fprintf(&log, "config byte %#02x: %s; length byte %#02x (L3 entry points: %t); direction byte %#02x\n", c, pol, l, h.l3, d)
 		for i, in := range []struct {
 			hook  Hook
 			frame []byte
@@ -189,6 +264,20 @@ func FuzzDifferential(f *testing.F) {
 			if got.String() != mr.Reason.String() || ret != wantRet(in.hook, got) ||
 				got.Dropped() != (mr.Verdict == model.VerdictDrop) {
 				t.Fatalf("kernel and model disagree on frame %c\n%s", 'A'+i, log.String())
+			}
+		}
+		kernel, err := h.m.Requests()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := mod.Requests()
+		if len(kernel) != len(want) {
+			t.Fatalf("request table: kernel %v, model %v\n%s", kernel, want, log.String())
+		}
+		for _, r := range kernel {
+			k := model.RequestKey{Local: r.Local.Addr(), Remote: r.Remote.Addr(), LocalPort: r.Local.Port(), RemotePort: r.Remote.Port()}
+			if _, ok := want[k]; !ok {
+				t.Fatalf("request table: kernel has %v, model %v\n%s", k, want, log.String())
 			}
 		}
 	})

@@ -167,7 +167,7 @@ func TestUpgradeKeepsAllowListUnderFlood(t *testing.T) {
 						return err
 					}
 					defer m.Close()
-					return (&Maps{Config: m}).setAllowActive(false, true)
+					return editLegacyConfig(m, func(c *legacyConfig) { c.Allow4Active = 1 })
 				})
 				if err != nil {
 					t.Fatal(err)
@@ -381,7 +381,7 @@ func TestUpgradeAfterDowngradeSyncsBitmaps(t *testing.T) {
 	}
 	err = r.host.Do(func() error {
 		repl := map[string]*ebpf.Map{}
-		for name, file := range map[string]string{"xdpguard_config": pinConfig, "xdpguard_allow4": pinAllow4, "xdpguard_allow6": pinAllow6} {
+		for name, file := range map[string]string{"xdpguard_allow4": pinAllow4, "xdpguard_allow6": pinAllow6} {
 			m, err := ebpf.LoadPinnedMap(filepath.Join(r.pin, file), nil)
 			if err != nil {
 				return err
@@ -389,6 +389,27 @@ func TestUpgradeAfterDowngradeSyncsBitmaps(t *testing.T) {
 			defer m.Close()
 			repl[name] = m
 		}
+		// Its config is of the layout before port directions: the
+		// same configuration in that layout, as config_nodir keeps it
+		// for programs of that release after an upgrade.
+		cur, err := ebpf.LoadPinnedMap(filepath.Join(r.pin, pinConfig), nil)
+		if err != nil {
+			return err
+		}
+		defer cur.Close()
+		var raw xdpguardConfig
+		if err := cur.Lookup(uint32(0), &raw); err != nil {
+			return err
+		}
+		old, err := ebpf.NewMap(spec.Maps["xdpguard_config"])
+		if err != nil {
+			return err
+		}
+		defer old.Close()
+		if err := old.Update(uint32(0), legacyFromConfig(&raw), ebpf.UpdateExist); err != nil {
+			return err
+		}
+		repl["xdpguard_config"] = old
 		l, err := r.host.Link(rigHostIf)
 		if err != nil {
 			return err

@@ -59,8 +59,10 @@ func pinV0(t *testing.T, ns *nstest.NS, pin, ifname string, egress TCBackend) eb
 			}
 			repl[name] = m
 		}
-		old := &Maps{Config: repl["xdpguard_config"]}
-		if err := old.WriteConfig(DefaultConfig()); err != nil {
+		// Its default config: enforce, track, 11211.
+		if err := editLegacyConfig(repl["xdpguard_config"], func(c *legacyConfig) {
+			c.Ports[DefaultPort/64] |= 1 << (DefaultPort % 64)
+		}); err != nil {
 			return err
 		}
 		info, err := repl["xdpguard_frags"].Info()
@@ -338,4 +340,15 @@ func v0Dropped(t *testing.T, r *rig) uint64 {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// editLegacyConfig applies fn to the config of a release before port
+// directions, pinned in m.
+func editLegacyConfig(m *ebpf.Map, fn func(*legacyConfig)) error {
+	var c legacyConfig
+	if err := m.Lookup(uint32(0), &c); err != nil {
+		return err
+	}
+	fn(&c)
+	return m.Update(uint32(0), &c, ebpf.UpdateExist)
 }
