@@ -145,10 +145,7 @@ func addProfiles(c *cli, fs *pflag.FlagSet, args []string) error {
 		for _, n := range p.Ports {
 			port := loader.Port{Number: n, Direction: dir}
 			if dir == loader.DirResponse {
-				port.Expiry = expiry
-				if port.Expiry == 0 {
-					port.Expiry = loader.DefaultSolicitExpiry
-				}
+				port.Expiry = expiry // 0: the default
 			}
 			if i := slices.IndexFunc(add, func(q loader.Port) bool { return q.Number == n }); i >= 0 {
 				if add[i] != port {
@@ -165,14 +162,7 @@ func addProfiles(c *cli, fs *pflag.FlagSet, args []string) error {
 	return withConfig(c, true, func(g *loader.Guard) error {
 		var left int
 		err := changeConfig(g, func(cfg *loader.Config) error {
-			for _, p := range add {
-				if i := slices.IndexFunc(cfg.Ports, func(q loader.Port) bool { return q.Number == p.Number }); i >= 0 {
-					cfg.Ports[i] = p
-				} else {
-					cfg.Ports = append(cfg.Ports, p)
-				}
-			}
-			slices.SortFunc(cfg.Ports, func(a, b loader.Port) int { return int(a.Number) - int(b.Number) })
+			cfg.Ports = setPorts(cfg.Ports, add)
 			left = len(cfg.Ports)
 			return nil
 		})
@@ -185,7 +175,7 @@ func addProfiles(c *cli, fs *pflag.FlagSet, args []string) error {
 			fmt.Fprintf(c.stdout, "profiles %s\n", profileSummary(ps))
 		}
 		fmt.Fprintf(c.stdout, "%d port(s) protected\n", left)
-		return nil
+		return warnEgressGap(c, g)
 	})
 }
 

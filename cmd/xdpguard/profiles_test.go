@@ -157,3 +157,38 @@ func TestPortsAddProfile(t *testing.T) {
 		t.Fatalf("a failed --profile changed the ports: %v, want %v", got, want)
 	}
 }
+
+// Response ports added by profile on an interface attached without egress:
+// the same warning as ports add, since their replies would all be dropped.
+func TestPortsAddProfileWarnsWithoutEgress(t *testing.T) {
+	nstest.RequireRoot(t)
+	peer, host := nstest.New(t, "xgpp"), nstest.New(t, "xgph")
+	nstest.Veth(t, peer, "xg0", host, "xg1", 0)
+	pin := filepath.Join("/sys/fs/bpf", "xgprofw-"+host.Name())
+	cli := func(args ...string) (code int, out, errb string) {
+		if err := host.Do(func() error {
+			code, out, errb = runCLI(append([]string{"--pin-path", pin}, args...)...)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return code, out, errb
+	}
+	t.Cleanup(func() {
+		cli("detach", "--all")
+		_ = os.RemoveAll(pin)
+	})
+	if code, _, errb := cli("attach", "xg1"); code != exitOK {
+		t.Fatalf("attach xg1: exit %d: %s", code, errb)
+	}
+	code, _, errb := cli("ports", "add", "--profile", "ntp")
+	if code != exitOK || !strings.Contains(errb, "warning: response port(s) 123") || !strings.Contains(errb, "--egress") {
+		t.Fatalf("ports add --profile ntp without egress: exit %d, stderr %q: want the egress warning", code, errb)
+	}
+	if code, _, errb := cli("attach", "xg1", "--egress"); code != exitOK {
+		t.Fatalf("attach xg1 --egress: exit %d: %s", code, errb)
+	}
+	if code, _, errb := cli("ports", "add", "--profile", "dns"); code != exitOK || strings.Contains(errb, "warning") {
+		t.Fatalf("ports add --profile dns with egress: exit %d, stderr %q: want no warning", code, errb)
+	}
+}
