@@ -66,12 +66,13 @@ type Profile struct {
 }
 
 // TA14-017A is US-CERT's (now CISA's) alert "UDP-Based Amplification
-// Attacks", first released 17 January 2014 and revised since (CLDAP, LDAP,
-// TFTP in 2016-2017, Memcached on 27 February 2018). Its table "Protocol /
-// Bandwidth Amplification Factor / Vulnerable Command" is the source of most
-// factors here. The figures were checked against public copies of that
-// table's text; the 2015 revision's stored copy of the alert confirms the
-// vector list and the definition of the factor.
+// Attacks", first released 17 January 2014 and revised since (CLDAP, LDAP
+// and TFTP added after its April 2016 revision, Memcached on 27 February
+// 2018). Its table "Protocol / Bandwidth Amplification Factor / Vulnerable
+// Command" is the source of most factors here. The figures were checked
+// against public copies of that table's text; stored copies of the alert
+// itself (2015, 2016 and 2018 revisions) confirm its list of vectors and its
+// definition of the factor, not every row.
 const (
 	ta14017a      = "https://www.cisa.gov/news-events/alerts/2014/01/17/udp-based-amplification-attacks"
 	ta14017aTitle = "US-CERT TA14-017A"
