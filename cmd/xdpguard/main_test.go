@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -79,6 +80,11 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{pin, "ports", "add", "0"}, `invalid port "0"`},
 		{[]string{pin, "ports", "add", "11211", "70000"}, `invalid port "70000"`},
 		{[]string{pin, "ports", "open", "1"}, `unknown action "open"`},
+		{[]string{pin, "ports", "add", "53", "--direction", "sideways"}, `invalid direction "sideways": use both, request or response`},
+		{[]string{pin, "ports", "add", "53", "--direction", "response", "--expiry", "2h"}, "invalid expiry 2h0m0s: give whole seconds from 1s to 1h0m0s"},
+		{[]string{pin, "ports", "add", "53", "--direction", "response", "--expiry", "soon"}, `invalid expiry "soon"`},
+		{[]string{pin, "ports", "add", "53", "--expiry", "10s"}, "--expiry is for response ports only"},
+		{[]string{pin, "ports", "del", "53", "--direction", "response"}, "--direction and --expiry go with ports add"},
 		{[]string{pin, "allow", "add", "10.1.2.3/8"}, "did you mean 10.0.0.0/8?"},
 		{[]string{pin, "allow", "add", "192.0.2.0/24", "bogus"}, `invalid CIDR "bogus"`},
 		{[]string{pin, "allow", "load"}, "one FILE"},
@@ -295,7 +301,7 @@ func TestCLIInNamespace(t *testing.T) {
 	}
 
 	mustCLI("ports", "add", "11212", "5353")
-	if out := mustCLI("ports", "list"); out != "5353\n11211\n11212\n" {
+	if out := mustCLI("ports", "list"); out != "PORT   DIRECTION  EXPIRY\n5353   both       -\n11211  both       -\n11212  both       -\n" {
 		t.Fatalf("ports list: %q", out)
 	}
 	if code, _, errb := cli("ports", "del", "9"); code != exitFailed || !strings.Contains(errb, "port 9 is not protected") {
@@ -487,4 +493,123 @@ func TestCheckWarnsAboutLocalPortRange(t *testing.T) {
 	if code, out := check(); code != exitOK || strings.Contains(out, "warn") {
 		t.Fatalf("check with 11211 reserved: exit %d, want 0 and no warning:\n%s", code, out)
 	}
+}
+
+// TestResponsePorts: ports add --direction response sets a port's
+// direction and expiry, list and status show them; a response port on an
+// interface without egress is said plainly by ports add, attach, status and
+// check, and no longer once egress is attached; bad input changes nothing.
+func TestResponsePorts(t *testing.T) {
+	nstest.RequireRoot(t)
+	peer, host := nstest.New(t, "xgrp"), nstest.New(t, "xgrh")
+	nstest.Veth(t, peer, "xg0", host, "xg1", 0)
+	pin := filepath.Join("/sys/fs/bpf", "xgresp-"+host.Name())
+	cli := func(args ...string) (int, string, string) {
+		var code int
+		var out, errb string
+		if err := host.Do(func() error {
+			code, out, errb = runCLI(append([]string{"--pin-path", pin}, args...)...)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return code, out, errb
+	}
+	mustCLI := func(args ...string) (string, string) {
+		t.Helper()
+		code, out, errb := cli(args...)
+		if code != exitOK {
+			t.Fatalf("xdpguard %v: exit %d: %s", args, code, errb)
+		}
+		return out, errb
+	}
+	t.Cleanup(func() { cli("detach", "--all") })
+	portsJSON := func() []loader.PortSpec {
+		t.Helper()
+		out, _ := mustCLI("ports", "list", "--json")
+		var pl struct {
+			Ports []loader.PortSpec `json:"ports"`
+		}
+		if err := json.Unmarshal([]byte(out), &pl); err != nil {
+			t.Fatal(err)
+		}
+		return pl.Ports
+	}
+
+	mustCLI("attach", "xg1")
+	_, errb := mustCLI("ports", "add", "53", "123", "--direction", "response", "--expiry", "10s")
+	if !strings.Contains(errb, "response port(s) 53,123") || !strings.Contains(errb, "--egress") || !strings.Contains(errb, "every reply") {
+		t.Fatalf("ports add of response ports with no egress anywhere: stderr %q, want a warning naming the ports and --egress", errb)
+	}
+	want := []loader.PortSpec{{Port: 53, Direction: "response", Expiry: "10s"}, {Port: 123, Direction: "response", Expiry: "10s"}, {Port: 11211, Direction: "both"}}
+	if got := portsJSON(); !slices.Equal(got, want) {
+		t.Fatalf("ports list --json: %+v, want %+v", got, want)
+	}
+	// add sets the direction of a port already there; the default expiry.
+	mustCLI("ports", "add", "123", "--direction", "request")
+	mustCLI("ports", "add", "53", "--direction", "response")
+	want = []loader.PortSpec{{Port: 53, Direction: "response", Expiry: "30s"}, {Port: 123, Direction: "request"}, {Port: 11211, Direction: "both"}}
+	if got := portsJSON(); !slices.Equal(got, want) {
+		t.Fatalf("ports list --json after changing directions: %+v, want %+v", got, want)
+	}
+	if out, _ := mustCLI("ports", "list"); out != "PORT   DIRECTION  EXPIRY\n53     response   30s\n123    request    -\n11211  both       -\n" {
+		t.Fatalf("ports list: %q", out)
+	}
+	// Bad input: an error, and nothing changed.
+	for _, args := range [][]string{
+		{"ports", "add", "53", "--direction", "inbound"},
+		{"ports", "add", "53", "--direction", "response", "--expiry", "0s"},
+		{"ports", "add", "11211", "--expiry", "5s"},
+	} {
+		if code, _, errb := cli(args...); code == exitOK || errb == "" {
+			t.Fatalf("xdpguard %v: exit %d, %q; want an error", args, code, errb)
+		}
+		if got := portsJSON(); !slices.Equal(got, want) {
+			t.Fatalf("xdpguard %v changed the ports: %+v", args, got)
+		}
+	}
+
+	var st statusReport
+	out, _ := mustCLI("status", "--json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.EgressGap == nil || !st.EgressGap.None || !slices.Equal(st.EgressGap.Ports, []uint16{53}) || !slices.Equal(st.EgressGap.Interfaces, []string{"xg1"}) {
+		t.Fatalf("status --json egress_gap: %+v, want port 53, xg1, none with egress", st.EgressGap)
+	}
+	if out, _ := mustCLI("status"); !strings.Contains(out, "WARNING: response port(s) 53") || !strings.Contains(out, "53/response(30s),123/request,11211") {
+		t.Fatalf("status does not show the directions or the missing egress:\n%s", out)
+	}
+	if code, out, _ := cli("check"); code != exitOK || !strings.HasPrefix(checkLine(out, "response ports have egress"), "warn") {
+		t.Fatalf("check with a response port and no egress: exit %d, want 0 and a warning:\n%s", code, out)
+	}
+
+	// Egress attached: no warning anywhere.
+	if out, errb := mustCLI("attach", "xg1", "--egress"); !strings.Contains(out, "egress added") || strings.Contains(errb, "response port") {
+		t.Fatalf("attach --egress: %q, %q", out, errb)
+	}
+	st = statusReport{}
+	out, _ = mustCLI("status", "--json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil || st.EgressGap != nil {
+		t.Fatalf("status --json with egress: gap %+v, %v", st.EgressGap, err)
+	}
+	code, out, _ := cli("check")
+	if line := checkLine(out, "response ports have egress"); code != exitOK || !strings.HasPrefix(line, "ok") || !strings.HasSuffix(line, "1 response port(s), egress on every attached interface") {
+		t.Fatalf("check with egress: exit %d:\n%s", code, out)
+	}
+	// A second interface without egress: named.
+	nstest.Veth(t, peer, "xg2", host, "xg3", 0)
+	if _, errb := mustCLI("attach", "xg3"); !strings.Contains(errb, "xg3 has no egress program") {
+		t.Fatalf("attach xg3 without egress: stderr %q, want a warning naming xg3", errb)
+	}
+}
+
+// checkLine is the line of check's output for the check named name.
+func checkLine(out, name string) string {
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, name) {
+			return strings.TrimSpace(line)
+		}
+	}
+	return ""
 }

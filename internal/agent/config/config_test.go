@@ -105,6 +105,38 @@ attacks:
 	}
 }
 
+// TestPortDirections: a port is a number (both directions) or a mapping
+// with its direction and, for a response port, its expiry; the loader gets
+// them sorted by number, each once.
+func TestPortDirections(t *testing.T) {
+	path := write(t, `
+interfaces:
+  include: [eth0]
+  egress: true
+ports:
+  - 11211
+  - {port: 53, direction: response}
+  - port: 123
+    direction: response
+    expiry: 2m
+  - {port: 1900, direction: request}
+  - {port: 11211, direction: both}
+`, nil)
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []loader.Port{
+		{Number: 53, Direction: loader.DirResponse, Expiry: loader.DefaultSolicitExpiry},
+		{Number: 123, Direction: loader.DirResponse, Expiry: 2 * time.Minute},
+		{Number: 1900, Direction: loader.DirRequest},
+		{Number: 11211, Direction: loader.DirBoth},
+	}
+	if !reflect.DeepEqual(c.Ports, want) || !reflect.DeepEqual(c.LoaderConfig().Ports, want) {
+		t.Fatalf("ports %+v, want %+v", c.Ports, want)
+	}
+}
+
 func TestLoadDefaults(t *testing.T) {
 	c, err := Load(write(t, "interfaces:\n  include: [\"*\"]\n", nil))
 	if err != nil {
@@ -152,6 +184,13 @@ func TestErrorsNameFileLineField(t *testing.T) {
 		{"port zero", "interfaces:\n  include: [eth0]\nports: [0]\n", 3, "ports[0]", `invalid port "0"`},
 		{"no ports", "interfaces:\n  include: [eth0]\nports: []\n", 3, "ports", "name at least one UDP port"},
 		{"ports not a list", "interfaces:\n  include: [eth0]\nports: 11211\n", 3, "ports", "needs a list of UDP ports"},
+		{"bad direction", "interfaces:\n  include: [eth0]\nports:\n  - 11211\n  - {port: 53, direction: inbound}\n", 5, "ports[1].direction", `invalid direction "inbound": use both, request or response`},
+		{"bad expiry", "interfaces:\n  include: [eth0]\nports:\n  - port: 53\n    direction: response\n    expiry: 2h\n", 6, "ports[0].expiry", "give whole seconds from 1s to 1h"},
+		{"expiry of a both port", "interfaces:\n  include: [eth0]\nports:\n  - {port: 53, expiry: 10s}\n", 4, "ports[0]", "expiry is for response ports only"},
+		{"port mapping without port", "interfaces:\n  include: [eth0]\nports:\n  - {direction: response}\n", 4, "ports[0]", "no port: give its number"},
+		{"unknown port key", "interfaces:\n  include: [eth0]\nports:\n  - {port: 53, dir: response}\n", 4, "ports[0].dir", "unknown key"},
+		{"bad port in a mapping", "interfaces:\n  include: [eth0]\nports:\n  - {port: 99999}\n", 4, "ports[0].port", `invalid port "99999"`},
+		{"one port two ways", "interfaces:\n  include: [eth0]\nports:\n  - 53\n  - {port: 53, direction: response}\n", 5, "ports[1]", "given twice with different settings"},
 		{"bad mode", "interfaces:\n  include: [eth0]\nmode: drop\n", 3, "mode", `invalid mode "drop": use enforce or monitor`},
 		{"bad fragments", "interfaces:\n  include: [eth0]\nfragments: maybe\n", 3, "fragments", `invalid fragment policy "maybe"`},
 		{"bad xdp mode", "interfaces:\n  include: [eth0]\n  xdp_mode: offload\n", 3, "interfaces.xdp_mode", `invalid XDP mode "offload"`},
