@@ -410,3 +410,52 @@ func TestFragmentHooksAndExpiry(t *testing.T) {
 	step(first4, Ingress, DropRequest)
 	step(later4, Ingress, DropFragment)
 }
+
+// TestDirections: a request port drops requests in and answers out, a
+// response port records requests out and passes only the answers that
+// match a live one, expiry on the model's clock; both is unchanged.
+func TestDirections(t *testing.T) {
+	udp4 := func(src, dst netip.Addr, sport, dport uint16) []byte {
+		return pkt(eth(0x0800), ipv4(src, dst, 17, 1, 0, 0), udp(sport, dport))
+	}
+	m := New(Config{
+		Ports:      []uint16{53, 123, 11211},
+		Directions: map[uint16]Direction{53: Response, 123: Request},
+		Expiry:     map[uint16]time.Duration{53: 5 * time.Second},
+	})
+	host, server := b4, a4
+	for _, c := range []struct {
+		name  string
+		frame []byte
+		hook  Hook
+		want  Reason
+	}{
+		{"unsolicited answer", udp4(server, host, 53, 40000), Ingress, DropUnsolicited},
+		{"request out, recorded", udp4(host, server, 40000, 53), Egress, Pass},
+		{"its answer", udp4(server, host, 53, 40000), Ingress, Solicited},
+		{"answer to another port", udp4(server, host, 53, 40001), Ingress, DropUnsolicited},
+		{"request to a response port here", udp4(server, host, 40000, 53), Ingress, Pass},
+		{"request port: request in", udp4(server, host, 40000, 123), Ingress, DropRequest},
+		{"request port: answer out", udp4(host, server, 123, 40000), Egress, DropResponse},
+		{"request port: request out", udp4(host, server, 40000, 123), Egress, Pass},
+		{"request port: answer in", udp4(server, host, 123, 40000), Ingress, Pass},
+		{"both: request out", udp4(host, server, 40000, 11211), Egress, DropRequest},
+		{"both: answer in", udp4(server, host, 11211, 40000), Ingress, DropResponse},
+	} {
+		if got := m.Classify(c.frame, c.hook).Reason; got != c.want {
+			t.Errorf("%s at %s: %s, want %s", c.name, c.hook, got, c.want)
+		}
+	}
+	k := RequestKey{Local: host, Remote: server, LocalPort: 40000, RemotePort: 53}
+	if exp, ok := m.Requests()[k]; !ok || exp != 5*time.Second {
+		t.Fatalf("request table: %v, want %v expiring at 5s", m.Requests(), k)
+	}
+	m.Advance(5 * time.Second)
+	if got := m.Classify(udp4(server, host, 53, 40000), Ingress).Reason; got != DropUnsolicited {
+		t.Errorf("answer at the expiry: %s, want drop_unsolicited", got)
+	}
+	m.SetConfig(Config{Ports: []uint16{53}, Directions: map[uint16]Direction{53: Response}, Mode: Monitor})
+	if r := m.Classify(udp4(server, host, 53, 40001), Ingress); r.Reason != WouldDrop || r.Verdict != VerdictPass {
+		t.Errorf("monitor: %+v, want would_drop, passed", r)
+	}
+}

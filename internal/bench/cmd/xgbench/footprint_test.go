@@ -9,6 +9,7 @@ import (
 	"github.com/xdpguard/xdpguard/internal/bench/perpacket"
 	"github.com/xdpguard/xdpguard/internal/bench/progs"
 	"github.com/xdpguard/xdpguard/internal/bench/sampling"
+	"github.com/xdpguard/xdpguard/internal/bench/solicit"
 	"github.com/xdpguard/xdpguard/loader"
 )
 
@@ -80,5 +81,39 @@ func TestFootprintReport(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("footprint report lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+func TestSolicitReport(t *testing.T) {
+	r := &report{solicit: &solicit.Result{
+		Ingress: &perpacket.Result{Rounds: 31, Repeat: 2_000_000, Cells: map[string]map[string]*perpacket.Cell{
+			progs.Floor:       {solicit.Reply: cell(5.0, 4.9, 5.1)},
+			solicit.Both:      {solicit.Reply: cell(12.0, 11.9, 12.1)},
+			solicit.Solicited: {solicit.Reply: cell(30.5, 30.0, 31.0)},
+			solicit.Unsolicit: {solicit.Reply: cell(29.0, 28.5, 29.5)},
+		}},
+		Egress: &perpacket.Result{Rounds: 31, Repeat: 2_000_000, Cells: map[string]map[string]*perpacket.Cell{
+			solicit.Both + " egress": {solicit.Request: cell(20.0, 19.0, 21.0)},
+			solicit.Record:           {solicit.Request: cell(60.0, 59.0, 61.0)},
+		}},
+	}}
+	var b strings.Builder
+	solicitSection(&b, r)
+	out := b.String()
+	for _, want := range []string{
+		"holds 10 000 other requests",
+		"| ingress reply | both | drop_response | 12.0 [11.9–12.1] | +0.0 |",
+		"| ingress reply | response, solicited | solicited | 30.5 [30.0–31.0] | +18.5 |",
+		"| ingress reply | response, unsolicited | drop_unsolicited | 29.0 [28.5–29.5] | +17.0 |",
+		"| egress request | response, recorded | pass, recorded | 60.0 [59.0–61.0] | +40.0 |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("solicited-replies report lacks %q:\n%s", want, out)
+		}
+	}
+	var none strings.Builder
+	solicitSection(&none, &report{})
+	if none.Len() != 0 {
+		t.Errorf("a run without the step wrote %q", none.String())
 	}
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/xdpguard/xdpguard/internal/bench/perpacket"
 	"github.com/xdpguard/xdpguard/internal/bench/progs"
 	"github.com/xdpguard/xdpguard/internal/bench/sampling"
+	"github.com/xdpguard/xdpguard/internal/bench/solicit"
 	"github.com/xdpguard/xdpguard/internal/nstest"
 	"github.com/xdpguard/xdpguard/loader"
 )
@@ -103,6 +104,7 @@ type report struct {
 	frames    []frames.Frame
 	perPacket *perpacket.Result
 	sampling  *sampling.Result
+	solicit   *solicit.Result
 	footprint *footprint.Result
 	allow     []allowlist.SizeResult // IPv4
 	allow6    []allowlist.SizeResult
@@ -143,6 +145,7 @@ func run(ctx context.Context, o options, log io.Writer) error {
 			b.WriteString("\n")
 			samplingSection(b, r)
 		}},
+		{"solicited replies", solicitRun, solicitSection},
 		{"allow-list scaling", allowList, nil},
 		{"map memory", mapMemory, nil},
 		{"agent footprint", agentFootprint, func(b *strings.Builder, r *report) {

@@ -67,6 +67,7 @@ func markdown(r *report) string {
 	targetsSection(&b, r)
 	perPacketSection(&b, r)
 	samplingSection(&b, r)
+	solicitSection(&b, r)
 	allowSection(&b, r)
 	floodSection(&b, r)
 	memorySection(&b, r)
