@@ -192,3 +192,25 @@ func TestPortsAddProfileWarnsWithoutEgress(t *testing.T) {
 		t.Fatalf("ports add --profile dns with egress: exit %d, stderr %q: want no warning", code, errb)
 	}
 }
+
+// The agent's config names profiles as ports entries: --check-config shows
+// their ports with their directions, and names a bad profile by line.
+func TestAgentCheckConfigProfiles(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	if err := os.WriteFile(good, []byte("pin_path: "+filepath.Join(dir, "never")+"\ninterfaces:\n  include: [eth0]\n  egress: true\nports: [11211, {profile: dns}, {profile: ntp, expiry: 10s}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := runCLI("agent", "--check-config", good)
+	if code != exitOK || !strings.Contains(out, "53/response(30s),123/response(10s),11211") {
+		t.Fatalf("config with profiles: exit %d\n%s%s", code, out, stderr)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("interfaces:\n  include: [eth0]\nports:\n  - 11211\n  - profile: ntpd\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr = runCLI("agent", "--check-config", bad)
+	if want := bad + `:5: ports[1].profile: unknown reflection profile "ntpd"`; code != exitFailed || !strings.Contains(stderr, want) || !strings.Contains(stderr, "ntp,") {
+		t.Fatalf("bad profile: exit %d, stderr %q; want exit 1, %q and the valid names", code, stderr, want)
+	}
+}
