@@ -3,11 +3,11 @@
 # Debian machine, and nothing when it is already there. Go itself must exist.
 set -euo pipefail
 pkgs=(clang llvm libbpf-dev bpftool xdp-tools memcached netsniff-ng nftables tcpdump iproute2 python3-scapy)
-# The reflection end-to-end test's real servers and client: unbound (DNS),
-# chrony (NTP: server, and `chronyd -Q` as the client), dig. The test runs
-# them in namespaces, in the foreground, with configs in a temp dir. Note:
-# Debian's chrony replaces systemd-timesyncd as the host's time client.
-pkgs+=(unbound chrony bind9-dnsutils)
+# The reflection end-to-end test's DNS client, dig (a client tool: it runs
+# nothing on the host). Its servers come from testbins.sh below, not from
+# here: installing chrony or a DNS server would change the host's time and
+# name services.
+pkgs+=(bind9-dnsutils)
 # The agent's tests: a real Prometheus (and promtool), systemd-analyze.
 pkgs+=(prometheus systemd)
 # make image and the container tests.

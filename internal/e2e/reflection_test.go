@@ -33,8 +33,11 @@ import (
 // the real servers of all three one router away, and the router's end of the
 // victim's link as the place reflected floods are injected from:
 //
-//	victim ──rv-vic/rv-rtr── router ──rv-srv/rv-s── servers (unbound, chronyd, memcached)
+//	victim ──rv-vic/rv-rtr── router ──rv-srv/rv-s── servers (dnsmasq, chronyd, memcached)
 //
+// dnsmasq and chronyd are Debian's, unpacked by scripts/testbins.sh and never
+// installed (testBin), so the host's own time and name services are not
+// touched; every file they write is in the test's temp dir.
 // Every link has the default 1500-byte MTU, so the capture's full-size
 // fragments fit.
 const (
@@ -58,21 +61,24 @@ type reflectionRig struct {
 	dir                     string
 	inject                  *nstest.Injector
 	victimMAC, routerMAC    net.HardwareAddr
+	chronyd, dnsmasq        string // absolute paths of the unpacked servers
 }
 
 func newReflectionRig(t *testing.T) *reflectionRig {
 	t.Helper()
 	nstest.RequireRoot(t)
 	t.Parallel()
-	for _, bin := range []string{"unbound", "chronyd", "memcached", "dig", "nft"} {
+	for _, bin := range []string{"memcached", "dig", "nft"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Fatalf("%s not found: run scripts/deps.sh (%v)", bin, err)
 		}
 	}
 	r := &reflectionRig{
-		victim: nstest.New(t, "xgrv-vic-"), router: nstest.New(t, "xgrv-rtr-"), servers: nstest.New(t, "xgrv-srv-"),
-		dir: t.TempDir(),
+		chronyd: testBin(t, "chrony", "usr/sbin/chronyd"),
+		dnsmasq: testBin(t, "dnsmasq-base", "usr/sbin/dnsmasq"),
 	}
+	r.victim, r.router, r.servers = nstest.New(t, "xgrv-vic-"), nstest.New(t, "xgrv-rtr-"), nstest.New(t, "xgrv-srv-")
+	r.dir = t.TempDir()
 	// The daemons run as root but read their files from here.
 	if err := os.Chmod(r.dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -107,22 +113,24 @@ func newReflectionRig(t *testing.T) *reflectionRig {
 	must(err)
 	r.inject = nstest.NewInjector(t, r.router, rvRouterIf)
 
-	r.startUnbound(t)
+	r.startDNS(t)
 	r.startChrony(t)
 	r.startMemcached(t)
 	r.countStrays(t)
 	return r
 }
 
-// daemon starts a server in the servers' namespace, in the foreground, and
-// stops it (SIGTERM, then waits) when the test ends.
-func (r *reflectionRig) daemon(t *testing.T, name string, args ...string) {
+// daemon starts a server (a name in PATH, or an absolute path) in the
+// servers' namespace, in the foreground, and stops it (SIGTERM, then waits)
+// when the test ends.
+func (r *reflectionRig) daemon(t *testing.T, bin string, args ...string) {
 	t.Helper()
+	name := filepath.Base(bin)
 	log, err := os.Create(filepath.Join(r.dir, name+".log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := r.servers.Command(name, args...)
+	cmd := r.servers.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		log.Close()
@@ -146,40 +154,36 @@ func (r *reflectionRig) daemon(t *testing.T, name string, args ...string) {
 	})
 }
 
-// rvNames are the names the DNS server answers, with their addresses.
-var rvNames = map[string]string{"www": "192.0.2.10", "mail": "192.0.2.25", "ntp": "192.0.2.123", "cache": "192.0.2.211"}
+// rvNames are the names the DNS server answers, with their IPv4 (A) and
+// IPv6 (AAAA) addresses.
+var rvNames = map[string][2]string{
+	"www":   {"192.0.2.10", "2001:db8::10"},
+	"mail":  {"192.0.2.25", "2001:db8::25"},
+	"ntp":   {"192.0.2.123", "2001:db8::123"},
+	"cache": {"192.0.2.211", "2001:db8::211"},
+}
 
-func (r *reflectionRig) startUnbound(t *testing.T) {
+// startDNS runs dnsmasq as an authoritative server of the names above only:
+// its config is the temp dir's file alone (no /etc/dnsmasq.conf, hosts or
+// resolv.conf), no upstream, no DHCP, the pid file in the temp dir, root
+// kept (Debian's default user "dnsmasq" exists only where dnsmasq-base is
+// installed), listening on the servers' two addresses only.
+func (r *reflectionRig) startDNS(t *testing.T) {
 	t.Helper()
 	var conf strings.Builder
-	fmt.Fprintf(&conf, `server:
-  interface: %s
-  interface: %s
-  port: 53
-  do-daemonize: no
-  username: ""
-  chroot: ""
-  directory: %q
-  pidfile: %q
-  use-syslog: no
-  logfile: ""
-  num-threads: 1
-  access-control: 0.0.0.0/0 allow
-  access-control: ::/0 allow
-  module-config: "iterator"
-  local-zone: %q static
-`, rvServer4, rvServer6, r.dir, filepath.Join(r.dir, "unbound.pid"), rvZone)
+	fmt.Fprintf(&conf, "port=53\nlisten-address=%s\nlisten-address=%s\nbind-interfaces\n", rvServer4, rvServer6)
+	fmt.Fprintf(&conf, "no-resolv\nno-hosts\nno-poll\nlocal=/%s/\n", strings.TrimSuffix(rvZone, "."))
+	fmt.Fprintf(&conf, "user=root\ngroup=root\npid-file=%s\nlog-facility=-\n", filepath.Join(r.dir, "dnsmasq.pid"))
 	for name, addr := range rvNames {
-		fmt.Fprintf(&conf, "  local-data: \"%s.%s IN A %s\"\n", name, rvZone, addr)
+		fmt.Fprintf(&conf, "host-record=%s.%s,%s,%s\n", name, strings.TrimSuffix(rvZone, "."), addr[0], addr[1])
 	}
-	conf.WriteString("remote-control:\n  control-enable: no\n")
-	path := filepath.Join(r.dir, "unbound.conf")
+	path := filepath.Join(r.dir, "dnsmasq.conf")
 	if err := os.WriteFile(path, []byte(conf.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r.daemon(t, "unbound", "-d", "-c", path)
-	nstest.Eventually(t, 10*time.Second, "unbound to answer", func() (bool, error) {
-		err := r.lookup(r.servers, rvServer4, "www")
+	r.daemon(t, r.dnsmasq, "--keep-in-foreground", "--conf-file="+path)
+	nstest.Eventually(t, 10*time.Second, "dnsmasq to answer", func() (bool, error) {
+		_, err := r.lookup(r.servers, rvServer4, "www")
 		return err == nil, err
 	})
 }
@@ -189,14 +193,20 @@ func (r *reflectionRig) startChrony(t *testing.T) {
 	// A server of local time only (local stratum), for everyone (allow),
 	// that never touches this host's clock (-x).
 	// No command sockets (cmdport 0, bindcmdaddress /): parallel tests
-	// would fight over the Unix socket's fixed path.
+	// would fight over the Unix socket's fixed path, under /run/chrony.
+	// The pid file in the temp dir; no driftfile, dumpdir, ntsdumpdir, logdir
+	// or rtcfile, so nothing is written anywhere else (checked with strace:
+	// chronyd 4.3 opens only its config and pid file, and /etc's passwd,
+	// nsswitch.conf and localtime, read only).
 	conf := fmt.Sprintf("local stratum 8\nallow all\nport 123\ncmdport 0\nbindcmdaddress /\nbindaddress %s\nbindaddress %s\npidfile %s\n",
 		rvServer4, rvServer6, filepath.Join(r.dir, "chronyd.pid"))
 	path := filepath.Join(r.dir, "chrony.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r.daemon(t, "chronyd", "-d", "-x", "-u", "root", "-f", path)
+	// -u root: Debian's chronyd otherwise drops to _chrony, a user only the
+	// package's installation creates.
+	r.daemon(t, r.chronyd, "-d", "-x", "-u", "root", "-f", path)
 	nstest.Eventually(t, 10*time.Second, "chronyd to serve time", func() (bool, error) {
 		err := r.syncClock(r.servers, rvServer4)
 		return err == nil, err
@@ -212,23 +222,27 @@ func (r *reflectionRig) startMemcached(t *testing.T) {
 	})
 }
 
-// lookup resolves NAME.xdpguard.test with dig from ns, one try, and checks
-// the answer.
-func (r *reflectionRig) lookup(ns *nstest.NS, server netip.Addr, name string) error {
-	out, err := ns.Run("dig", "@"+server.String(), name+"."+rvZone, "A", "+short", "+tries=1", "+time=5")
-	if err != nil {
-		return fmt.Errorf("dig %s @%s: %w", name, server, err)
+// lookup resolves NAME.xdpguard.test with dig from ns, its A and then its
+// AAAA record, one try each, checks both answers and returns how many
+// answers came.
+func (r *reflectionRig) lookup(ns *nstest.NS, server netip.Addr, name string) (answers uint64, err error) {
+	for i, qtype := range []string{"A", "AAAA"} {
+		out, err := ns.Run("dig", "@"+server.String(), name+"."+rvZone, qtype, "+short", "+tries=1", "+time=5")
+		if err != nil {
+			return answers, fmt.Errorf("dig %s %s @%s: %w", name, qtype, server, err)
+		}
+		answers++
+		if got, want := strings.TrimSpace(out), rvNames[name][i]; got != want {
+			return answers, fmt.Errorf("dig %s %s @%s: got %q, want %s", name, qtype, server, got, want)
+		}
 	}
-	if got := strings.TrimSpace(out); got != rvNames[name] {
-		return fmt.Errorf("dig %s @%s: got %q, want %s", name, server, got, rvNames[name])
-	}
-	return nil
+	return answers, nil
 }
 
 // syncClock measures the clock against server once, as `chronyd -q` would
 // set it, without setting it (-Q).
 func (r *reflectionRig) syncClock(ns *nstest.NS, server netip.Addr) error {
-	out, err := ns.Run("chronyd", "-Q", "-t", "10", "-u", "root",
+	out, err := ns.Run(r.chronyd, "-Q", "-t", "10", "-u", "root",
 		"server "+server.String()+" iburst maxsamples 1", "cmdport 0", "bindcmdaddress /", "pidfile "+filepath.Join(r.dir, "client-"+ns.Name()+".pid"))
 	if err != nil {
 		return fmt.Errorf("chronyd -Q against %s: %w", server, err)
@@ -626,10 +640,11 @@ func TestReflectionVictimKeepsItsClients(t *testing.T) {
 		for i := range rounds {
 			server := []netip.Addr{rvServer4, rvServer6}[i%2]
 			for name := range rvNames {
-				if err := r.lookup(r.victim, server, name); err != nil {
+				n, err := r.lookup(r.victim, server, name)
+				if err != nil {
 					t.Errorf("round %d: %v", i, err)
 				}
-				answers++
+				answers += n
 			}
 			if v, err := r.mcGet(r.victim, server, "k", uint16(100+i)); err != nil || v != "reflection-free" {
 				t.Errorf("round %d: memcached get k from %s: %q, %v", i, server, v, err)
@@ -747,7 +762,7 @@ func TestReflectionVictimKeepsItsClients(t *testing.T) {
 	// Port 53 protected both ways, as before directions: the server's
 	// answers are dropped, so the clients' check above can fail.
 	run(t, g, "ports", "add", "53", "--direction", "both")
-	if err := r.lookup(r.victim, rvServer4, "www"); err == nil {
+	if _, err := r.lookup(r.victim, rvServer4, "www"); err == nil {
 		t.Error("a lookup succeeded with port 53 protected both ways: dropped answers would go unseen")
 	}
 	t.Logf("flood: %d datagrams, %d later fragments; capture: %d answers (%d IPv6), %d later fragments after their first, %d orphans; clients: %d answers",
