@@ -548,14 +548,20 @@ func (p *parser) ports(n *yaml.Node, field string) []loader.Port {
 	where := map[uint16]int{} // index in out
 	for i, c := range p.list(n, field, "UDP ports") {
 		f := item(field, i)
-		var port loader.Port
-		if c.Kind == yaml.MappingNode {
-			var ok bool
-			if port, ok = p.portMapping(c, f); !ok {
+		var ports []loader.Port // what the item names: one port, or a profile's
+		switch {
+		case isProfileItem(c):
+			if ports = p.profilePorts(c, f); ports == nil {
 				continue
 			}
-		} else {
-			s, ok := p.scalar(c, f, "a port number or a mapping {port: 53, direction: response}")
+		case c.Kind == yaml.MappingNode:
+			port, ok := p.portMapping(c, f)
+			if !ok {
+				continue
+			}
+			ports = []loader.Port{port}
+		default:
+			s, ok := p.scalar(c, f, "a port number or a mapping {port: 53, direction: response} or {profile: dns}")
 			if !ok {
 				continue
 			}
@@ -564,16 +570,18 @@ func (p *parser) ports(n *yaml.Node, field string) []loader.Port {
 				p.add(c, f, "%v", err)
 				continue
 			}
-			port = loader.Port{Number: num, Direction: loader.DirBoth}
+			ports = []loader.Port{{Number: num, Direction: loader.DirBoth}}
 		}
-		if j, dup := where[port.Number]; dup {
-			if out[j] != port {
-				p.add(c, f, "port %d is given twice with different settings (%s and %s): keep one", port.Number, out[j], port)
+		for _, port := range ports {
+			if j, dup := where[port.Number]; dup {
+				if out[j] != port {
+					p.add(c, f, "port %d is given twice with different settings (%s and %s): keep one", port.Number, out[j], port)
+				}
+				continue
 			}
-			continue
+			where[port.Number] = len(out)
+			out = append(out, port)
 		}
-		where[port.Number] = len(out)
-		out = append(out, port)
 	}
 	slices.SortFunc(out, func(a, b loader.Port) int { return int(a.Number) - int(b.Number) })
 	return out
@@ -581,8 +589,8 @@ func (p *parser) ports(n *yaml.Node, field string) []loader.Port {
 
 // portMapping reads {port: 53, direction: response, expiry: 30s}: port is
 // required, direction defaults to both, expiry (response ports only) to
-// loader.DefaultSolicitExpiry. (A profile key, naming built-in reflection
-// profiles, belongs beside these: internal/profiles.)
+// loader.DefaultSolicitExpiry. A mapping with a profile key is a reflection
+// profile instead: profilePorts.
 func (p *parser) portMapping(n *yaml.Node, field string) (loader.Port, bool) {
 	port := loader.Port{Direction: loader.DirBoth}
 	var sawPort, sawExpiry bool
