@@ -112,6 +112,11 @@ func attachV2(t *testing.T, ns *nstest.NS, pin, ifname string, ports []uint16, a
 		if err := spec.Variables["sample_netns"].Set(netns); err != nil {
 			return err
 		}
+		// As main's loader did: without the coarse clock (before 5.11)
+		// the verifier refuses its helper even in a branch never taken.
+		if err := spec.Variables["coarse_clock"].Set(haveCoarseClock()); err != nil {
+			return err
+		}
 		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
 		if err != nil {
 			return verifierError(err)
