@@ -16,6 +16,7 @@
 #   VMTEST_JOBS      guests booted at once (default: all the kernels asked for)
 #   VMTEST_TCG_THREAD  qemu's TCG threading, single (default) or multi
 #   VMTEST_TIME_SCALE  how much the tests' deadlines stretch in a guest (20)
+#   VMTEST_RUN       only the tests this -test.run pattern selects (developing)
 #
 # How a run works: kernel.sh fetches and unpacks the kernel into the cache
 # (never installing it); the initramfs holds static busybox, stage 1 (init)
@@ -102,6 +103,7 @@ echo "vmtest: built in $((SECONDS - t0)) s"
 	done
 	echo 'export GOPROXY=off GOTOOLCHAIN=local GOTELEMETRY=off'
 	echo "export XDPGUARD_TEST_TIME_SCALE=$time_scale"
+	printf 'export VMTEST_RUN=%q\n' "${VMTEST_RUN:-}"
 } >"$run/env"
 
 # initramfs builds one image per kernel tree and initramfs recipe, cached.

@@ -48,7 +48,7 @@ while read -r name dir bin timeout; do
 	[[ -n $name ]] || continue
 	start=$(cut -d' ' -f1 /proc/uptime)
 	console "run $name"
-	(cd "$dir" && exec "$bin" -test.v -test.count=1 -test.timeout="$timeout") >"$results/$name.log" 2>&1 </dev/null
+	(cd "$dir" && exec "$bin" -test.v -test.count=1 -test.timeout="$timeout" ${VMTEST_RUN:+"-test.run=$VMTEST_RUN"}) >"$results/$name.log" 2>&1 </dev/null
 	rc=$?
 	end=$(cut -d' ' -f1 /proc/uptime)
 	echo "$rc $start $end" >"$results/$name.rc"
