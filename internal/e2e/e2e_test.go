@@ -438,11 +438,25 @@ func TestVictimDropsReflectedFragments(t *testing.T) {
 		}
 		run(t, vg, "attach", lab.VictimIf)
 		st0 := stats(t, vg)
+		ring0, err := e.Router.LinkStats(lab.RouterVicIf)
+		if err != nil {
+			t.Fatal(err)
+		}
 		guarded, err := e.Attack(a)
 		if err != nil {
 			t.Fatal(err)
 		}
 		st := stats(t, vg)
+		ring, err := e.Router.LinkStats(lab.RouterVicIf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// With an XDP program on vic0, veth hands it frames through a
+		// 256-frame ring; a burst faster than the program runs (seen in
+		// an emulated guest) overflows it, and veth drops those frames
+		// before any program sees them, counting them as r-vic's
+		// tx_dropped. Without a program there is no ring.
+		lost := ring.TxDropped - ring0.TxDropped
 		run(t, vg, "detach", lab.VictimIf)
 		if !guarded.Answered {
 			t.Fatalf("IPv%d: memcached did not answer the second attack", fam)
@@ -452,13 +466,13 @@ func TestVictimDropsReflectedFragments(t *testing.T) {
 		}
 		dropped := st.Packets(lab.VictimIf, "xdp", "drop_response") - st0.Packets(lab.VictimIf, "xdp", "drop_response") +
 			st.Packets(lab.VictimIf, "xdp", "drop_fragment") - st0.Packets(lab.VictimIf, "xdp", "drop_fragment")
-		if want := open.Victim.Reflected(); dropped != want {
-			t.Errorf("IPv%d: xdpguard dropped %d packets, the unprotected attack delivered %d", fam, dropped, want)
+		if want := open.Victim.Reflected(); dropped+lost != want {
+			t.Errorf("IPv%d: xdpguard dropped %d packets and veth's full ring %d before it, the unprotected attack delivered %d", fam, dropped, lost, want)
 		}
 		if st.Packets(lab.VictimIf, "xdp", "drop_fragment") == st0.Packets(lab.VictimIf, "xdp", "drop_fragment") {
 			t.Errorf("IPv%d: no fragments dropped", fam)
 		}
-		t.Logf("IPv%d: unprotected %d packets/fragments at the victim IP layer (x%.0f); protected 0, %d dropped at the driver", fam, open.Victim.Reflected(), open.Amplification(), dropped)
+		t.Logf("IPv%d: unprotected %d packets/fragments at the victim IP layer (x%.0f); protected 0, %d dropped at the driver (%d lost to veth's full ring before it)", fam, open.Victim.Reflected(), open.Amplification(), dropped, lost)
 	}
 }
 
