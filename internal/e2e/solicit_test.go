@@ -181,20 +181,41 @@ func TestSolicitedReplies(t *testing.T) {
 	run(t, vg, "ports", "add", fmt.Sprint(lab.MemcachedPort), "--direction", "response", "--expiry", "10s")
 	for _, fam := range []lab.Addrs{lab.V4, lab.V6} {
 		st0 := stats(t, vg)
+		ring0, err := e.Router.LinkStats(lab.RouterVicIf)
+		if err != nil {
+			t.Fatal(err)
+		}
 		got, want, other := memcachedUDPGet(t, e.Victim, netip.AddrPortFrom(fam.Victim, clientPort),
 			netip.AddrPortFrom(fam.Refl0, lab.MemcachedPort), "k", reqs)
+		ring, err := e.Router.LinkStats(lab.RouterVicIf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A reply datagram may be lost before xdpguard sees it: with a
+		// program on vic0, veth feeds it through a 256-frame ring and
+		// drops a faster burst (the sender's tx_dropped; seen in an
+		// emulated guest). Such loss is UDP's, not xdpguard's: each
+		// missing datagram must be one of those frames.
+		lost := ring.TxDropped - ring0.TxDropped
+		var missing uint64
 		for id := range reqs {
-			if want[uint16(id)] < 3 || got[uint16(id)] != want[uint16(id)] {
+			if want[uint16(id)] < 3 || got[uint16(id)] > want[uint16(id)] {
 				t.Errorf("IPv%d request %d: %d of %d reply datagrams arrived", fam.Family(), id, got[uint16(id)], want[uint16(id)])
 			}
+			missing += uint64(want[uint16(id)] - got[uint16(id)])
+		}
+		if missing > lost {
+			t.Errorf("IPv%d: %d reply datagrams missing, only %d frames lost to veth's full ring", fam.Family(), missing, lost)
+		} else if missing > 0 {
+			t.Logf("IPv%d: %d reply datagrams lost to veth's full ring (%d frames) before any program", fam.Family(), missing, lost)
 		}
 		if other != 0 {
 			t.Errorf("IPv%d: %d datagrams that answer no request reached the client", fam.Family(), other)
 		}
 		st := stats(t, vg)
 		solicited := st.Packets(lab.VictimIf, "xdp", "solicited") - st0.Packets(lab.VictimIf, "xdp", "solicited")
-		if solicited < reqs*3 {
-			t.Errorf("IPv%d: %d packets counted solicited, want at least the %d reply datagrams", fam.Family(), solicited, reqs*3)
+		if arrived := uint64(reqs*3) - min(missing, uint64(reqs*3)); solicited < arrived {
+			t.Errorf("IPv%d: %d packets counted solicited, want at least the %d reply datagrams that arrived", fam.Family(), solicited, arrived)
 		}
 		if d := st.Packets(lab.VictimIf, "xdp", "drop_unsolicited") - st0.Packets(lab.VictimIf, "xdp", "drop_unsolicited"); d != 0 {
 			t.Errorf("IPv%d: %d of the client's replies dropped as unsolicited", fam.Family(), d)

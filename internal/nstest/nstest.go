@@ -359,6 +359,32 @@ func Veth(t testing.TB, a *NS, aName string, b *NS, bName string, mtu int) {
 
 // VethPair is Veth returning an error, for callers outside tests.
 func VethPair(a *NS, aName string, b *NS, bName string, mtu int) error {
+	if err := AddVethPair(a, aName, b, bName, mtu); err != nil {
+		return err
+	}
+	// Up is not yet able to send: until the kernel's linkwatch work has
+	// seen the carrier, a device's root qdisc is noop, which frees every
+	// frame given to it without an error. On a host that work runs at
+	// once; in an emulated guest it was seen to run late enough that a
+	// test's first frame vanished. Wait for both ends to be operationally
+	// up with their real qdisc in place.
+	for _, end := range []struct {
+		ns   *NS
+		name string
+	}{{a, aName}, {b, bName}} {
+		if err := WaitFor(5*time.Second, end.ns.name+"/"+end.name+" able to send", func() (bool, error) {
+			return end.ns.ready(end.name)
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AddVethPair makes the pair as VethPair does and sets both ends up, without
+// waiting until they can carry frames: for links made as fast as netlink
+// allows that carry no traffic (a burst of interfaces for the agent).
+func AddVethPair(a *NS, aName string, b *NS, bName string, mtu int) error {
 	// One queue each way. A veth end with more TX queues than its peer has
 	// RX queues hands the peer skbs on queues the peer has no NAPI ring for,
 	// and the peer takes those in without running its native XDP program:
@@ -381,22 +407,6 @@ func VethPair(a *NS, aName string, b *NS, bName string, mtu int) error {
 		}
 		if err := end.ns.nl.LinkSetUp(l); err != nil {
 			return fmt.Errorf("%s: set %s up: %w", end.ns.name, end.name, err)
-		}
-	}
-	// Up is not yet able to send: until the kernel's linkwatch work has
-	// seen the carrier, a device's root qdisc is noop, which frees every
-	// frame given to it without an error. On a host that work runs at
-	// once; in an emulated guest it was seen to run late enough that a
-	// test's first frame vanished. Wait for both ends to be operationally
-	// up with their real qdisc in place.
-	for _, end := range []struct {
-		ns   *NS
-		name string
-	}{{a, aName}, {b, bName}} {
-		if err := WaitFor(5*time.Second, end.ns.name+"/"+end.name+" able to send", func() (bool, error) {
-			return end.ns.ready(end.name)
-		}); err != nil {
-			return err
 		}
 	}
 	return nil
