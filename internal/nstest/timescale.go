@@ -18,8 +18,12 @@ import (
 const TimeScaleEnv = "XDPGUARD_TEST_TIME_SCALE"
 
 var timeScale = sync.OnceValues(func() (float64, error) {
-	v, ok := os.LookupEnv(TimeScaleEnv)
-	if !ok || v == "" {
+	return parseTimeScale(os.Getenv(TimeScaleEnv))
+})
+
+// parseTimeScale reads TimeScaleEnv's value: empty is 1.
+func parseTimeScale(v string) (float64, error) {
+	if v == "" {
 		return 1, nil
 	}
 	f, err := strconv.ParseFloat(v, 64)
@@ -27,7 +31,7 @@ var timeScale = sync.OnceValues(func() (float64, error) {
 		return 1, fmt.Errorf("%s=%q: want a number from 1 to 1000 (how many times slower than real time this machine runs), or leave it unset", TimeScaleEnv, v)
 	}
 	return f, nil
-})
+}
 
 // Scaled returns d stretched by the time scale (TimeScaleEnv). A malformed
 // scale panics with a message naming the variable: a test run must not
