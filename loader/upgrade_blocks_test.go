@@ -76,44 +76,10 @@ func attachV1(t *testing.T, ns *nstest.NS, pin, ifname string, allow []netip.Pre
 		if err := batchUpdate(repl["xdpguard_allow6"], k6); err != nil {
 			return err
 		}
-		meta, err := ebpf.NewMap(allowMetaSpec)
-		if err != nil {
+		if err := pinOldAllowMeta(pin, allow); err != nil {
 			return err
 		}
-		defer meta.Close()
-		set := sortedSet(append([]netip.Prefix(nil), allow...))
-		rec := allowMeta{Version: allowMetaVersion, Known: 1, Epoch: 1}
-		rec.IPv4, rec.IPv6 = countFamilies(set)
-		_, rec.SetSum = allowDigest(set)
-		rec.InputLen, rec.InputSum = allowDigest(allow)
-		if err := meta.Put(uint32(0), &rec); err != nil {
-			return err
-		}
-		if err := meta.Pin(filepath.Join(pin, pinMeta)); err != nil {
-			return err
-		}
-		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
-		if err != nil {
-			return verifierError(err)
-		}
-		defer coll.Close()
-		dir := filepath.Join(pin, netnsDir, strconv.FormatUint(inode, 10), strconv.Itoa(l.Attrs().Index))
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return err
-		}
-		if err := coll.Maps["xdpguard_stats"].Pin(filepath.Join(dir, pinStats)); err != nil {
-			return err
-		}
-		xl, err := link.AttachXDP(link.XDPOptions{Program: coll.Programs["xdpguard_xdp"], Interface: l.Attrs().Index, Flags: link.XDPDriverMode})
-		if err != nil {
-			return err
-		}
-		defer xl.Close()
-		if err := xl.Pin(filepath.Join(dir, pinXDPLink)); err != nil {
-			return err
-		}
-		// Egress as that release attached it: tcx, else clsact + cls_bpf.
-		return v0Egress(l, dir, coll.Programs["xdpguard_tc"], egress)
+		return attachOld(spec, repl, l, pin, inode, egress, map[string]string{"xdpguard_stats": pinStats})
 	})
 	if err != nil {
 		t.Fatalf("pin main's state before issue 14: %v", err)

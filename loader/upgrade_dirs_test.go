@@ -6,14 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/xdpguard/xdpguard/internal/nstest"
 	"github.com/xdpguard/xdpguard/internal/testpkt"
@@ -89,20 +87,7 @@ func attachV2(t *testing.T, ns *nstest.NS, pin, ifname string, ports []uint16, a
 		}); err != nil {
 			return err
 		}
-		meta, err := ebpf.NewMap(allowMetaSpec)
-		if err != nil {
-			return err
-		}
-		defer meta.Close()
-		set := sortedSet(slices.Clone(allow))
-		rec := allowMeta{Version: allowMetaVersion, Known: 1, Epoch: 1}
-		rec.IPv4, rec.IPv6 = countFamilies(set)
-		_, rec.SetSum = allowDigest(set)
-		rec.InputLen, rec.InputSum = allowDigest(allow)
-		if err := meta.Put(uint32(0), &rec); err != nil {
-			return err
-		}
-		if err := meta.Pin(filepath.Join(pin, pinMeta)); err != nil {
+		if err := pinOldAllowMeta(pin, allow); err != nil {
 			return err
 		}
 		netns, err := CurrentNetns()
@@ -117,30 +102,8 @@ func attachV2(t *testing.T, ns *nstest.NS, pin, ifname string, ports []uint16, a
 		if err := spec.Variables["coarse_clock"].Set(haveCoarseClock()); err != nil {
 			return err
 		}
-		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
-		if err != nil {
-			return verifierError(err)
-		}
-		defer coll.Close()
-		dir := filepath.Join(pin, netnsDir, strconv.FormatUint(inode, 10), strconv.Itoa(l.Attrs().Index))
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return err
-		}
-		if err := coll.Maps["xdpguard_stats"].Pin(filepath.Join(dir, pinStats)); err != nil {
-			return err
-		}
-		if err := coll.Maps["xdpguard_sstats"].Pin(filepath.Join(dir, pinSampleStats)); err != nil {
-			return err
-		}
-		xl, err := link.AttachXDP(link.XDPOptions{Program: coll.Programs["xdpguard_xdp"], Interface: l.Attrs().Index, Flags: link.XDPDriverMode})
-		if err != nil {
-			return err
-		}
-		defer xl.Close()
-		if err := xl.Pin(filepath.Join(dir, pinXDPLink)); err != nil {
-			return err
-		}
-		return v0Egress(l, dir, coll.Programs["xdpguard_tc"], egress)
+		return attachOld(spec, repl, l, pin, inode, egress,
+			map[string]string{"xdpguard_stats": pinStats, "xdpguard_sstats": pinSampleStats})
 	})
 	if err != nil {
 		t.Fatalf("pin main's state before port directions: %v", err)
