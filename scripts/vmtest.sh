@@ -63,7 +63,8 @@ for k in "${kernels[@]}"; do
 done
 
 # Everything the guest reads must be on the host's root file system and not
-# under /tmp, /run or /dev, which the guest mounts afresh.
+# under /run or /dev, which the guest mounts afresh (/tmp is the host's,
+# beneath a writable layer).
 mkdir -p "$cache"
 run=$(mktemp -d "$cache/run.XXXXXX")
 trap 'rm -rf "$run"' EXIT

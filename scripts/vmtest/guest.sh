@@ -9,7 +9,9 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts && mount -t tmpfs shm /dev/shm
-mount -t tmpfs tmp /tmp
+# /tmp stays the overlay's: the host's /tmp read-only beneath, writes to
+# the guest's tmpfs upper layer, so a tree cloned under the host's /tmp
+# (git clone . /tmp/x && .ci/run) is there for the tests to run in.
 mount -t tmpfs run /run
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
