@@ -63,8 +63,8 @@ for k in "${kernels[@]}"; do
 done
 
 # Everything the guest reads must be on the host's root file system and not
-# under /run or /dev, which the guest mounts afresh (/tmp is the host's,
-# beneath a writable layer).
+# under /run or /dev, which the guest mounts afresh (the tree itself may be
+# under /tmp: the guest carries it into its fresh /tmp).
 mkdir -p "$cache"
 run=$(mktemp -d "$cache/run.XXXXXX")
 trap 'rm -rf "$run"' EXIT

@@ -9,9 +9,6 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts && mount -t tmpfs shm /dev/shm
-# /tmp stays the overlay's: the host's /tmp read-only beneath, writes to
-# the guest's tmpfs upper layer, so a tree cloned under the host's /tmp
-# (git clone . /tmp/x && .ci/run) is there for the tests to run in.
 mount -t tmpfs run /run
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
@@ -46,6 +43,11 @@ cut -d' ' -f1 /proc/uptime >"$results/boot"
 # The plan: environment first, then one line per package: name dir binary timeout.
 # shellcheck source=/dev/null
 . "$results/env"
+# A fresh /tmp, as a booted host has; a tree cloned under the host's /tmp
+# (git clone . /tmp/x && .ci/run) is carried over into it.
+case $VMTEST_ROOT in /tmp/*) mkdir -p /mnt/tree && mount --bind "$VMTEST_ROOT" /mnt/tree ;; esac
+mount -t tmpfs tmp /tmp
+case $VMTEST_ROOT in /tmp/*) mkdir -p "$VMTEST_ROOT" && mount --move /mnt/tree "$VMTEST_ROOT" ;; esac
 while read -r name dir bin timeout; do
 	[[ -n $name ]] || continue
 	start=$(cut -d' ' -f1 /proc/uptime)
