@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -205,17 +206,30 @@ type fakeObs struct{ calls []string }
 func (f *fakeObs) AttackStarted(i string) { f.calls = append(f.calls, "start "+i) }
 func (f *fakeObs) AttackEnded(i string)   { f.calls = append(f.calls, "end "+i) }
 
+// fakeSamples hands out queued samples once, as the ring does.
 type fakeSamples struct {
-	top     []TopSource
-	err     error
-	n       int
-	ifindex int
-	since   time.Time
+	queued []loader.Sample
+	err    error
+	reads  int
 }
 
-func (f *fakeSamples) TopSources(ifindex int, since time.Time, n int) ([]TopSource, error) {
-	f.n, f.ifindex, f.since = n, ifindex, since
-	return f.top, f.err
+func (f *fakeSamples) ReadSamples() ([]loader.Sample, error) {
+	f.reads++
+	if f.err != nil {
+		return nil, f.err
+	}
+	out := f.queued
+	f.queued = nil
+	return out, nil
+}
+
+// sampled returns k samples from src on ifindex at t.
+func sampled(k int, src string, ifindex int, at time.Time) []loader.Sample {
+	s := loader.Sample{Ifindex: ifindex, Time: at}
+	if src != "" {
+		s.Src = netip.MustParseAddr(src)
+	}
+	return slices.Repeat([]loader.Sample{s}, k)
 }
 
 // logLines parses a JSON slog output.
@@ -243,11 +257,18 @@ func TestAttackMonitorLogs(t *testing.T) {
 	var buf bytes.Buffer
 	log := slog.New(slog.NewJSONHandler(&buf, nil))
 	obs := &fakeObs{}
-	samples := &fakeSamples{top: []TopSource{{Address: "198.51.100.7", Share: 0.6}, {Address: "203.0.113.9", Share: 0.4}}}
+	samples := &fakeSamples{}
 	cfg := testAttackCfg
 	cfg.MinDuration = 0
 	m := newAttackMonitor(log, obs, samples, cfg)
 	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
+	// The attack's samples, and samples it must not count: taken before
+	// it began, and of eth1, which has no attack.
+	samples.queued = slices.Concat(
+		sampled(60, "198.51.100.7", 2, t0.Add(500*time.Millisecond)),
+		sampled(40, "203.0.113.9", 2, t0.Add(time.Second)),
+		sampled(500, "192.0.2.99", 2, t0.Add(-time.Second)),
+		sampled(500, "192.0.2.98", 3, t0.Add(time.Second)))
 	st := func(xdp, tc uint64) []loader.InterfaceStats {
 		return []loader.InterfaceStats{
 			{Interface: "eth0", Ifindex: 2, Hook: "xdp", Counters: map[string]loader.Counter{"drop_request": {Packets: xdp, Bytes: xdp * 64}}},
@@ -270,21 +291,22 @@ func TestAttackMonitorLogs(t *testing.T) {
 	if rs["drop_request"] != 600.0 || rs["drop_response"] != 600.0 || len(rs) != 2 {
 		t.Errorf("reasons_pps: %v", l["reasons_pps"])
 	}
-	top, _ := l["top_sources"].([]any)
-	if len(top) != 2 || top[0].(map[string]any)["address"] != "198.51.100.7" || top[0].(map[string]any)["share"] != 0.6 {
-		t.Errorf("top_sources: %v", l["top_sources"])
+	wantTop := func(l map[string]any, want string) {
+		t.Helper()
+		if got := fmt.Sprint(l["top_sources"]); got != want {
+			t.Errorf("%s: top_sources %s, want %s", l["msg"], got, want)
+		}
 	}
-	if samples.n != topSourcesN || samples.ifindex != 2 || !samples.since.Equal(t0) {
-		t.Errorf("asked the samples for %d sources of ifindex %d since %v; want %d of 2 since %v", samples.n, samples.ifindex, samples.since, topSourcesN, t0)
-	}
-	// A failing sample source leaves the field out; the event still goes.
-	samples.err = errors.New("no ring buffer")
+	wantTop(l, "[map[address:198.51.100.7 share:0.6] map[address:203.0.113.9 share:0.4]]")
+	// The next event comes when no fresh sample has: it names the
+	// sources of the attack so far, not of its last read only.
 	buf.Reset()
 	m.step(t0.Add(4*time.Second), st(4800, 4800))
 	lines = logLines(t, &buf)
-	if len(lines) != 1 || lines[0]["msg"] != "attack ongoing" || lines[0]["top_sources"] != nil {
-		t.Fatalf("ongoing with failing samples: %v", lines)
+	if len(lines) != 1 || lines[0]["msg"] != "attack ongoing" || samples.reads != 2 {
+		t.Fatalf("want one ongoing line after a second read of the samples, got %v (%d reads)", lines, samples.reads)
 	}
+	wantTop(lines[0], "[map[address:198.51.100.7 share:0.6] map[address:203.0.113.9 share:0.4]]")
 	// eth0 is renamed eth9 (same ifindex): the same attack goes on.
 	buf.Reset()
 	renamed := st(4800, 4800)
@@ -317,42 +339,46 @@ func TestAttackMonitorLogs(t *testing.T) {
 	if _, ok := lines[0]["top_sources"]; ok {
 		t.Errorf("top_sources without a sample source: %v", lines[0])
 	}
+	// A failing sample source leaves the field out; the event still goes.
+	buf.Reset()
+	m3 := newAttackMonitor(log, nil, &fakeSamples{err: errors.New("no ring buffer")}, cfg)
+	m3.step(t0, st(0, 0))
+	m3.step(t0.Add(time.Second), st(2000, 0))
+	lines = logLines(t, &buf)
+	if len(lines) != 1 || lines[0]["msg"] != "attack started" {
+		t.Fatalf("with failing samples: %v", lines)
+	}
+	if _, ok := lines[0]["top_sources"]; ok {
+		t.Errorf("top_sources from a failing sample source: %v", lines[0])
+	}
 }
 
-// TestTopSources: sources are counted over the samples of one interface of
-// one namespace since the attack began, shares of all those samples
-// (non-IP ones included), largest first, at most n.
-func TestTopSources(t *testing.T) {
+// TestSourceTally: sources are counted over an attack's samples since it
+// began, shares of all those samples (non-IP ones included), largest first
+// with ties by address, at most n.
+func TestSourceTally(t *testing.T) {
 	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
-	const ns = 4026531840
-	smp := func(src string, ifindex int, netns uint64, at time.Time) loader.Sample {
-		s := loader.Sample{Ifindex: ifindex, Netns: netns, Time: at}
-		if src != "" {
-			s.Src = netip.MustParseAddr(src)
-		}
-		return s
+	tally := newSourceTally(t0)
+	for _, s := range slices.Concat(
+		sampled(50, "198.51.100.7", 2, t0.Add(time.Second)),
+		sampled(30, "2001:db8::5", 2, t0.Add(time.Second)),
+		sampled(10, "203.0.113.9", 2, t0),
+		sampled(5, "192.0.2.1", 2, t0.Add(2*time.Second)),
+		sampled(5, "192.0.2.2", 2, t0.Add(2*time.Second)),
+		sampled(5, "", 2, t0.Add(time.Second)),                   // not IP: counted, unnamed
+		sampled(1000, "192.0.2.99", 2, t0.Add(-time.Nanosecond)), // before the attack
+	) {
+		tally.add(s)
 	}
-	var in []loader.Sample
-	add := func(k int, s loader.Sample) {
-		for range k {
-			in = append(in, s)
-		}
-	}
-	add(50, smp("198.51.100.7", 2, ns, t0.Add(time.Second)))
-	add(30, smp("2001:db8::5", 2, ns, t0.Add(time.Second)))
-	add(10, smp("203.0.113.9", 2, ns, t0))
-	add(5, smp("192.0.2.1", 2, ns, t0.Add(2*time.Second)))
-	add(5, smp("", 2, ns, t0.Add(time.Second))) // not IP: counted, unnamed
-	// Not ours: before the attack, another interface, another namespace.
-	add(1000, smp("192.0.2.99", 2, ns, t0.Add(-time.Second)))
-	add(1000, smp("192.0.2.98", 3, ns, t0.Add(time.Second)))
-	add(1000, smp("192.0.2.97", 2, ns+1, t0.Add(time.Second)))
-	got := topSources(in, ns, 2, t0, 3)
-	want := []TopSource{{"198.51.100.7", 0.5}, {"2001:db8::5", 0.3}, {"203.0.113.9", 0.1}}
+	got := tally.top(3)
+	want := []TopSource{{"198.51.100.7", 0.476}, {"2001:db8::5", 0.286}, {"203.0.113.9", 0.095}}
 	if !slices.Equal(got, want) {
 		t.Fatalf("top 3: %v\nwant       %v", got, want)
 	}
-	if got := topSources(in, ns, 7, t0, 3); len(got) != 0 {
-		t.Fatalf("no samples of ifindex 7: %v", got)
+	if got, want := tally.top(5)[3:], []TopSource{{"192.0.2.1", 0.048}, {"192.0.2.2", 0.048}}; !slices.Equal(got, want) {
+		t.Fatalf("ties: %v, want %v", got, want)
+	}
+	if got := newSourceTally(t0).top(3); got == nil || len(got) != 0 {
+		t.Fatalf("no samples: %#v, want an empty list", got)
 	}
 }

@@ -30,14 +30,14 @@ type TopSource struct {
 	Share   float64 `json:"share"`
 }
 
-// SampleSource names an attack's top sources from the kernel's drop
-// samples. The agent's events carry top_sources only when one is set
-// (RingSamples reads the kernel's).
+// SampleSource gives the kernel's drop samples, from which the agent's
+// events name an attack's top sources (only when one is set; RingSamples
+// reads the kernel's).
 type SampleSource interface {
-	// TopSources returns up to n sources of the drops sampled on the
-	// interface ifindex (of the agent's network namespace) since since,
-	// largest share first.
-	TopSources(ifindex int, since time.Time, n int) ([]TopSource, error)
+	// ReadSamples returns the drop samples of the agent's network
+	// namespace not returned before: those waiting and those that come
+	// within a short window.
+	ReadSamples() ([]loader.Sample, error)
 }
 
 // topSourcesN is how many sources an event names.
@@ -51,6 +51,10 @@ type attackMonitor struct {
 	samples SampleSource   // nil: no top sources
 	cfg     config.Attacks
 	dets    map[int]*attackDetector
+	// tallies holds, per ifindex with an attack, the sources of the
+	// attack's samples so far: each read drains the ring, so an event
+	// names the sources of the whole attack, not of its last read.
+	tallies map[int]*sourceTally
 	// told holds, per ifindex, the name the observer was given at an
 	// attack's start: the end goes to the same series even if the
 	// interface was renamed meanwhile.
@@ -58,7 +62,7 @@ type attackMonitor struct {
 }
 
 func newAttackMonitor(log *slog.Logger, obs AttackObserver, samples SampleSource, cfg config.Attacks) *attackMonitor {
-	return &attackMonitor{log: log, obs: obs, samples: samples, cfg: cfg, dets: map[int]*attackDetector{}, told: map[int]string{}}
+	return &attackMonitor{log: log, obs: obs, samples: samples, cfg: cfg, dets: map[int]*attackDetector{}, tallies: map[int]*sourceTally{}, told: map[int]string{}}
 }
 
 // setConfig takes new thresholds for every interface.
@@ -131,12 +135,17 @@ func (m *attackMonitor) emit(ev *AttackEvent) {
 	if ev.Why != "" {
 		attrs = append(attrs, "why", ev.Why)
 	}
-	if ev.Kind != AttackEnded && m.samples != nil {
-		top, err := m.samples.TopSources(ev.Ifindex, ev.Start, topSourcesN)
-		if err != nil {
+	switch ev.Kind {
+	case AttackStarted:
+		m.tallies[ev.Ifindex] = newSourceTally(ev.Start)
+	case AttackEnded:
+		delete(m.tallies, ev.Ifindex)
+	}
+	if tally := m.tallies[ev.Ifindex]; tally != nil && m.samples != nil {
+		if err := m.readSamples(); err != nil {
 			m.log.Debug("no top sources for the attack event", "interface", ev.Interface, "error", err)
 		} else {
-			attrs = append(attrs, "top_sources", top)
+			attrs = append(attrs, "top_sources", tally.top(topSourcesN))
 		}
 	}
 	level := slog.LevelWarn
@@ -215,4 +224,19 @@ func readStats(pinPath string) ([]loader.InterfaceStats, error) {
 	}
 	defer g.Close()
 	return g.Stats()
+}
+
+// readSamples drains the sample source into the tallies of the interfaces
+// under attack; samples of other interfaces belong to no attack.
+func (m *attackMonitor) readSamples() error {
+	samples, err := m.samples.ReadSamples()
+	if err != nil {
+		return err
+	}
+	for _, s := range samples {
+		if t := m.tallies[s.Ifindex]; t != nil {
+			t.add(s)
+		}
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"slices"
 	"syscall"
@@ -11,13 +12,14 @@ import (
 	"github.com/xdpguard/xdpguard/loader"
 )
 
-// RingSamples names an attack's top sources from the kernel's drop samples
-// (the ring buffer `xdpguard top` and `capture` read). A ring buffer has one
-// reader, and those commands are how an operator looks at an attack: the
-// agent therefore holds it only for the moment of an event (Window) and
-// lets it go; while top or capture reads, the agent's events go without
-// top sources (loader.ErrSamplesBusy), and one of them started in the very
-// moment the agent reads fails with that error and can be run again.
+// RingSamples reads the kernel's drop samples (the ring buffer `xdpguard
+// top` and `capture` read) for the attack events' top sources. A ring buffer
+// has one reader, and those commands are how an operator looks at an
+// attack: the agent therefore holds it only for the moment of an event
+// (Window) and lets it go; while top or capture reads, the agent's events go
+// without top sources (loader.ErrSamplesBusy), and one of them started in
+// the very moment the agent reads fails with that error and can be run
+// again.
 type RingSamples struct {
 	pinPath string
 	// Window is how long one event waits for fresh samples once those
@@ -46,10 +48,9 @@ func NewRingSamples(pinPath string) (*RingSamples, error) {
 	return &RingSamples{pinPath: pinPath, Window: 500 * time.Millisecond, netns: st.Ino}, nil
 }
 
-// TopSources reads the samples in the ring and those that come within
-// Window, and returns the n commonest sources of those taken on ifindex
-// since since.
-func (r *RingSamples) TopSources(ifindex int, since time.Time, n int) ([]TopSource, error) {
+// ReadSamples reads the samples in the ring and those that come within
+// Window, and returns those of the agent's network namespace.
+func (r *RingSamples) ReadSamples() ([]loader.Sample, error) {
 	g, err := loader.OpenReadOnly(r.pinPath)
 	if err != nil {
 		return nil, err
@@ -63,7 +64,7 @@ func (r *RingSamples) TopSources(ifindex int, since time.Time, n int) ([]TopSour
 	deadline := time.Now().Add(r.Window)
 	rd.SetDeadline(deadline)
 	var got []loader.Sample
-	for len(got) < maxEventSamples && time.Now().Before(deadline) {
+	for read := 0; read < maxEventSamples && time.Now().Before(deadline); read++ {
 		s, err := rd.Read()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			break
@@ -71,30 +72,43 @@ func (r *RingSamples) TopSources(ifindex int, since time.Time, n int) ([]TopSour
 		if err != nil {
 			return nil, fmt.Errorf("read drop samples: %w", err)
 		}
-		got = append(got, s)
+		if s.Netns == r.netns {
+			got = append(got, s)
+		}
 	}
-	return topSources(got, r.netns, ifindex, since, n), nil
+	return got, nil
 }
 
-// topSources counts the source addresses of the samples taken on ifindex
-// of netns at or after since, and returns the n commonest with their share
-// of those samples, largest first (ties by address). Samples without an IP
-// source (not IP, cut short) count in the total but name no source.
-func topSources(samples []loader.Sample, netns uint64, ifindex int, since time.Time, n int) []TopSource {
-	counts := map[string]int{}
-	total := 0
-	for _, s := range samples {
-		if s.Ifindex != ifindex || s.Netns != netns || s.Time.Before(since) {
-			continue
-		}
-		total++
-		if s.Src.IsValid() {
-			counts[s.Src.String()]++
-		}
+// sourceTally counts the source addresses of one attack's drop samples.
+type sourceTally struct {
+	since time.Time // the attack's start: earlier samples are not its own
+	total int       // samples counted, those without an IP source included
+	by    map[netip.Addr]int
+}
+
+func newSourceTally(since time.Time) *sourceTally {
+	return &sourceTally{since: since, by: map[netip.Addr]int{}}
+}
+
+// add counts a sample of the attack's interface taken at or after its
+// start. Samples without an IP source (not IP, cut short) count in the
+// total but name no source.
+func (t *sourceTally) add(s loader.Sample) {
+	if s.Time.Before(t.since) {
+		return
 	}
-	out := make([]TopSource, 0, len(counts))
-	for a, c := range counts {
-		out = append(out, TopSource{Address: a, Share: float64(c) / float64(total)})
+	t.total++
+	if s.Src.IsValid() {
+		t.by[s.Src]++
+	}
+}
+
+// top returns the n commonest sources with their share of the samples
+// counted, largest first (ties by address).
+func (t *sourceTally) top(n int) []TopSource {
+	out := make([]TopSource, 0, len(t.by))
+	for a, c := range t.by {
+		out = append(out, TopSource{Address: a.String(), Share: float64(c) / float64(t.total)})
 	}
 	slices.SortFunc(out, func(a, b TopSource) int {
 		switch {
