@@ -468,7 +468,11 @@ func TestUpgradeUnderFloodPassesNothing(t *testing.T) {
 			}
 		}
 	}()
-	const reloads = 20
+	reloads := 20
+	if nstest.Emulated() {
+		// Each reload verifies both programs, seconds under TCG.
+		reloads = 5
+	}
 	for range reloads {
 		if res := r.attach(t, AttachOptions{Reload: true}); res.Action != "replaced" {
 			t.Fatalf("reload: %+v", res)
