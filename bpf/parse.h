@@ -180,25 +180,26 @@ static __always_inline void copy_addr(void *dst, const __u8 *src, __u32 len)
 			d[i] = w[i];
 }
 
-/* True when the payload behind this next-header value could be, or could lead
- * to, a UDP header: UDP itself or an extension header that may precede it. */
-static __always_inline int could_lead_to_udp(__u8 proto)
+/* opaque hides v's value from clang, so that arithmetic written to stay
+ * branch-free is not turned back into comparisons (branches, in BPF). */
+static __always_inline __u64 opaque(__u64 v)
 {
-	switch (proto) {
-	case IPPROTO_UDP:
-	case IPPROTO_HOPOPTS:
-	case IPPROTO_ROUTING:
-	case IPPROTO_FRAGMENT:
-	case IPPROTO_AH:
-	case IPPROTO_DSTOPTS:
-		return 1;
-	}
-	return 0;
+	asm volatile("" : "+r"(v));
+	return v;
 }
 
+/* IPV6_EXT_MASK has bit n set for each extension header protocol n that may
+ * come before a UDP header (all below 64). */
+#define IPV6_EXT_MASK                                                                   \
+	(1ULL << IPPROTO_HOPOPTS | 1ULL << IPPROTO_ROUTING | 1ULL << IPPROTO_FRAGMENT | \
+	 1ULL << IPPROTO_AH | 1ULL << IPPROTO_DSTOPTS)
+
+/* is_ipv6_ext tests one bit, not five values: a comparison per kind would
+ * tell the verifier the kind of the header on each path, and it would walk
+ * the rest of the chain once for each mix of kinds (see ext_hlen). */
 static __always_inline int is_ipv6_ext(__u8 proto)
 {
-	return proto != IPPROTO_UDP && could_lead_to_udp(proto);
+	return proto < 64 && (IPV6_EXT_MASK >> opaque(proto)) & 1;
 }
 
 /* in_packet reports whether n bytes at p lie inside the frame (the check the
@@ -217,6 +218,31 @@ static __always_inline __u32 bounded16(__u32 v)
 {
 	asm volatile("%0 &= 0xffff" : "+r"(v));
 	return v;
+}
+
+/* is_byte returns 1 if the byte b equals c, else 0, without a branch:
+ * (b ^ c) - 1 wraps to 2^64 - 1 only when b ^ c is 0. */
+static __always_inline __u64 is_byte(__u8 b, __u8 c)
+{
+	return (opaque((__u64)(b ^ c)) - 1) >> 63;
+}
+
+/* ext_hlen is the length of an extension header of kind nexthdr whose length
+ * byte is len: 8 for a fragment header (that byte is reserved there),
+ * (len + 2) * 4 for AH, (len + 1) * 8 for the others; in one branch-free
+ * expression. Per-kind branches gave the cursor a different shape for each
+ * mix of kinds met so far (a constant 8 for a fragment header, a different
+ * range for AH), and the verifier walked the rest of the chain and of the
+ * program once for each: 115,715 instructions for the XDP program, 23,205
+ * with this (and is_ipv6_ext); attaching took that much longer. */
+static __always_inline __u32 ext_hlen(__u8 nexthdr, __u8 len)
+{
+	__u64 frag = is_byte(nexthdr, IPPROTO_FRAGMENT);
+	__u64 ah = is_byte(nexthdr, IPPROTO_AH);
+	__u64 generic = ((__u64)len + 1) << IPV6_EXT_UNIT_SHIFT;
+	__u64 auth = ((__u64)len + IPV6_AH_EXTRA_UNITS) << IPV6_AH_UNIT_SHIFT;
+
+	return (generic & ((frag | ah) - 1)) | (auth & -ah) | (IPV6_FRAG_HLEN & -frag);
 }
 
 static __always_inline enum parse_result parse_udp(void *cursor, void *data_end, void *ip_end,
@@ -298,10 +324,16 @@ static __always_inline enum parse_result parse_ipv6(void *cursor, void *data_end
 #pragma unroll
 	for (i = 0; i < MAX_IPV6_EXT_HDRS; i++) {
 		__u8 *ext = cursor;
+		__u32 hlen;
 
 		if (!is_ipv6_ext(nexthdr))
 			break;
 
+		if (!in_packet(cursor, IPV6_EXT_MIN_HLEN, data_end, ip_end))
+			return PARSE_MALFORMED;
+		/* The length before the fragment header's own branch, on
+		 * whose path the verifier knows the kind. */
+		hlen = ext_hlen(nexthdr, ext[1]);
 		if (nexthdr == IPPROTO_FRAGMENT) {
 			__u16 frag;
 
@@ -316,17 +348,8 @@ static __always_inline enum parse_result parse_ipv6(void *cursor, void *data_end
 			if (frag >> IPV6_FRAG_OFFSET_SHIFT)
 				return PARSE_FRAGMENT;
 			pkt->first_fragment = (frag & IPV6_FRAG_MORE) != 0;
-			nexthdr = ext[0];
-			cursor += IPV6_FRAG_HLEN;
-			continue;
 		}
-
-		if (!in_packet(cursor, IPV6_EXT_MIN_HLEN, data_end, ip_end))
-			return PARSE_MALFORMED;
-		if (nexthdr == IPPROTO_AH)
-			cursor += ((__u32)ext[1] + IPV6_AH_EXTRA_UNITS) << IPV6_AH_UNIT_SHIFT;
-		else
-			cursor += ((__u32)ext[1] + 1) << IPV6_EXT_UNIT_SHIFT;
+		cursor += hlen;
 		nexthdr = ext[0];
 	}
 

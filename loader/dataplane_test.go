@@ -524,6 +524,11 @@ func dataplaneCases() []dpCase {
 		one("v6 destination options request", def, fr(withExt(req6(peer6, host6), testpkt.Ext{Type: testpkt.ProtoDstOpts, Len: 2048})), ReasonDropRequest),
 		one("v6 AH request", def, fr(withExt(req6(peer6, host6), testpkt.Ext{Type: testpkt.ProtoAH, Len: 24})), ReasonDropRequest),
 		one("v6 atomic fragment request", def, fr(withExt(req6(peer6, host6), testpkt.Ext{Type: testpkt.ProtoFragment})), ReasonDropRequest),
+		// A fragment header is 8 bytes whatever its reserved second
+		// byte says (ipv6_skip_exthdr); read as a length it would
+		// hide the AH and the request behind it.
+		one("v6 fragment header with its reserved byte set, AH, request", def,
+			patch(fr(withExt(req6(peer6, host6), testpkt.Ext{Type: testpkt.ProtoFragment}, testpkt.Ext{Type: testpkt.ProtoAH, Len: 12})), 14+41, 0xff), ReasonDropRequest),
 		one("v6 8 mixed headers, request", def, fr(withExt(req6(peer6, host6), mixed8...)), ReasonDropRequest),
 		one("v6 8 headers, TCP", def, fr(withExt(testpkt.TCP(peer6, host6, 1, mc, nil), testpkt.Chain(testpkt.ProtoDstOpts, 8)...)), ReasonPass),
 		one("v6 9 mixed headers, request", def, fr(withExt(req6(peer6, host6), mixed9...)), ReasonDropMalformed),
