@@ -234,7 +234,12 @@ static __always_inline __u64 is_byte(__u8 b, __u8 c)
  * mix of kinds met so far (a constant 8 for a fragment header, a different
  * range for AH), and the verifier walked the rest of the chain and of the
  * program once for each: 115,715 instructions for the XDP program, 23,205
- * with this (and is_ipv6_ext); attaching took that much longer. */
+ * with this (and is_ipv6_ext); attaching took that much longer.
+ *
+ * Only ADD, SUB and AND with a register operand: before Linux 6.x the
+ * verifier knows nothing of the result of any other operation on two
+ * registers (an OR here made the cursor unbounded to 5.10 and 6.1). At most
+ * one of the three terms is non-zero, so their sum is the one that is. */
 static __always_inline __u32 ext_hlen(__u8 nexthdr, __u8 len)
 {
 	__u64 frag = is_byte(nexthdr, IPPROTO_FRAGMENT);
@@ -242,7 +247,7 @@ static __always_inline __u32 ext_hlen(__u8 nexthdr, __u8 len)
 	__u64 generic = ((__u64)len + 1) << IPV6_EXT_UNIT_SHIFT;
 	__u64 auth = ((__u64)len + IPV6_AH_EXTRA_UNITS) << IPV6_AH_UNIT_SHIFT;
 
-	return (generic & ((frag | ah) - 1)) | (auth & -ah) | (IPV6_FRAG_HLEN & -frag);
+	return (generic & (frag + ah - 1)) + (auth & -ah) + (IPV6_FRAG_HLEN & -frag);
 }
 
 static __always_inline enum parse_result parse_udp(void *cursor, void *data_end, void *ip_end,

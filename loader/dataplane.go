@@ -150,40 +150,10 @@ func loadForLink(m *Maps, k linkKind, keep Counters) (*Dataplane, error) {
 // loadDataplaneOf loads the programs for frames of kind *only, or all four
 // when only is nil.
 func loadDataplaneOf(m *Maps, only *linkKind, keep Counters, timeouts FragTimeouts) (*Dataplane, error) {
-	spec, _, err := specs()
+	spec, opts, err := dataplaneSpec(m, keep, timeouts)
 	if err != nil {
 		return nil, err
 	}
-	netns, err := CurrentNetns()
-	if err != nil {
-		return nil, err
-	}
-	for name, v := range map[string]uint64{
-		xdpguardVarIpfragTimeNs:  uint64(timeouts.IPv4.Nanoseconds()),
-		xdpguardVarIp6fragTimeNs: uint64(timeouts.IPv6.Nanoseconds()),
-		xdpguardVarSampleNetns:   netns,
-	} {
-		vs, ok := spec.Variables[name]
-		if !ok {
-			return nil, fmt.Errorf("BPF object has no variable %s", name)
-		}
-		if err := vs.Set(v); err != nil {
-			return nil, fmt.Errorf("set %s: %w", name, err)
-		}
-	}
-	if err := spec.Variables[xdpguardVarCoarseClock].Set(haveCoarseClock()); err != nil {
-		return nil, fmt.Errorf("set %s: %w", xdpguardVarCoarseClock, err)
-	}
-	repl := m.replacements()
-	keep.replace(repl)
-	// Sizes may have been overridden when the maps were made (MapSizes):
-	// the specs follow the maps they are replaced by.
-	for name, mp := range repl {
-		if ms, ok := spec.Maps[name]; ok && mp != nil {
-			ms.MaxEntries = mp.MaxEntries()
-		}
-	}
-	opts := &ebpf.CollectionOptions{MapReplacements: repl}
 	if only != nil {
 		// LoadAndAssign loads only what the struct names.
 		var objs struct {
@@ -225,6 +195,46 @@ func loadDataplaneOf(m *Maps, only *linkKind, keep Counters, timeouts FragTimeou
 		Stats: objs.XdpguardStats, Stats2: objs.XdpguardStats2,
 		SampleStats: objs.XdpguardSstats, SampleStats2: objs.XdpguardSstat2,
 	}, nil
+}
+
+// dataplaneSpec is the programs' spec as loadDataplaneOf loads it: the
+// load-time variables set for this host and namespace, the shared maps and
+// the counters to keep (or fresh ones) in place of the object's.
+func dataplaneSpec(m *Maps, keep Counters, timeouts FragTimeouts) (*ebpf.CollectionSpec, *ebpf.CollectionOptions, error) {
+	spec, _, err := specs()
+	if err != nil {
+		return nil, nil, err
+	}
+	netns, err := CurrentNetns()
+	if err != nil {
+		return nil, nil, err
+	}
+	for name, v := range map[string]uint64{
+		xdpguardVarIpfragTimeNs:  uint64(timeouts.IPv4.Nanoseconds()),
+		xdpguardVarIp6fragTimeNs: uint64(timeouts.IPv6.Nanoseconds()),
+		xdpguardVarSampleNetns:   netns,
+	} {
+		vs, ok := spec.Variables[name]
+		if !ok {
+			return nil, nil, fmt.Errorf("BPF object has no variable %s", name)
+		}
+		if err := vs.Set(v); err != nil {
+			return nil, nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	if err := spec.Variables[xdpguardVarCoarseClock].Set(haveCoarseClock()); err != nil {
+		return nil, nil, fmt.Errorf("set %s: %w", xdpguardVarCoarseClock, err)
+	}
+	repl := m.replacements()
+	keep.replace(repl)
+	// Sizes may have been overridden when the maps were made (MapSizes):
+	// the specs follow the maps they are replaced by.
+	for name, mp := range repl {
+		if ms, ok := spec.Maps[name]; ok && mp != nil {
+			ms.MaxEntries = mp.MaxEntries()
+		}
+	}
+	return spec, &ebpf.CollectionOptions{MapReplacements: repl}, nil
 }
 
 // haveCoarseClock reports, as the data plane's coarse_clock wants it,
