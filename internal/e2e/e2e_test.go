@@ -456,7 +456,20 @@ func TestVictimDropsReflectedFragments(t *testing.T) {
 		// an emulated guest) overflows it, and veth drops those frames
 		// before any program sees them, counting them as r-vic's
 		// tx_dropped. Without a program there is no ring.
+		//
+		// IPv4 answers are fragmented by the router (the victim's path
+		// MTU is 1000), each memcached datagram (at most 1428 bytes) in
+		// two, and ip_do_fragment abandons the rest of a datagram when
+		// veth refuses one of its fragments: each frame veth drops
+		// there may take its datagram's second fragment with it, never
+		// sent, and counted nowhere (seen on 6.1: 113 dropped, 226
+		// missing). IPv6 answers come fragmented from the reflector and
+		// the router forwards frame by frame.
 		lost := ring.TxDropped - ring0.TxDropped
+		maxLost := lost
+		if fam == 4 {
+			maxLost = 2 * lost
+		}
 		run(t, vg, "detach", lab.VictimIf)
 		if !guarded.Answered {
 			t.Fatalf("IPv%d: memcached did not answer the second attack", fam)
@@ -466,13 +479,15 @@ func TestVictimDropsReflectedFragments(t *testing.T) {
 		}
 		dropped := st.Packets(lab.VictimIf, "xdp", "drop_response") - st0.Packets(lab.VictimIf, "xdp", "drop_response") +
 			st.Packets(lab.VictimIf, "xdp", "drop_fragment") - st0.Packets(lab.VictimIf, "xdp", "drop_fragment")
-		if want := open.Victim.Reflected(); dropped+lost != want {
-			t.Errorf("IPv%d: xdpguard dropped %d packets and veth's full ring %d before it, the unprotected attack delivered %d", fam, dropped, lost, want)
+		if want := open.Victim.Reflected(); dropped+lost > want || dropped+maxLost < want {
+			t.Errorf("IPv%d: xdpguard dropped %d packets and veth's full ring %d before it (at most %d frames with the fragments left unsent), the unprotected attack delivered %d",
+				fam, dropped, lost, maxLost, want)
 		}
 		if st.Packets(lab.VictimIf, "xdp", "drop_fragment") == st0.Packets(lab.VictimIf, "xdp", "drop_fragment") {
 			t.Errorf("IPv%d: no fragments dropped", fam)
 		}
-		t.Logf("IPv%d: unprotected %d packets/fragments at the victim IP layer (x%.0f); protected 0, %d dropped at the driver (%d lost to veth's full ring before it)", fam, open.Victim.Reflected(), open.Amplification(), dropped, lost)
+		t.Logf("IPv%d: unprotected %d packets/fragments at the victim IP layer (x%.0f); protected 0, %d dropped at the driver (%d lost to veth's full ring before it, %d in all)",
+			fam, open.Victim.Reflected(), open.Amplification(), dropped, lost, open.Victim.Reflected()-dropped)
 	}
 }
 
