@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"slices"
@@ -231,17 +232,31 @@ func TestNetlinkOverrunResyncs(t *testing.T) {
 	// Room for the listing of the namespace's few links at subscription,
 	// not for the events of 20 veths.
 	a := h.startAgent(t, cfg, "--netlink-buffer", "32768")
+	// READY=1 comes after the first reconcile, not after the link
+	// subscription, which its own goroutine makes: a socket made after
+	// the veths would list them, not overrun.
+	nstest.Eventually(t, 10*time.Second, "the agent's link subscription", func() (bool, error) {
+		return a.log.count("netlink link subscription established") > 0, nil
+	})
 	if n := a.log.count("netlink link subscription lost"); n != 0 {
 		t.Fatalf("the subscription failed %d times before any overrun", n)
 	}
 	// Stopped, the agent reads nothing while 20 veths come: the socket
-	// overruns, and the events are lost.
+	// overruns, and the events are lost. A stop waits for each thread to
+	// leave the kernel: the veths come once all have.
 	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	nstest.Eventually(t, 10*time.Second, "the agent to be stopped", func() (bool, error) {
+		st, err := procState(a.cmd.Process.Pid)
+		return st == 'T', fmt.Errorf("state %q: %v", st, err)
+	})
 	const n = 20
 	for i := range n {
 		h.veth(t, fmt.Sprintf("xo%d", i))
+	}
+	if st, err := procState(a.cmd.Process.Pid); st != 'T' {
+		t.Fatalf("the agent did not stay stopped while the veths came (state %q, %v): the test cannot overrun its socket", st, err)
 	}
 	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
@@ -342,4 +357,18 @@ func TestLoopbackOnlyWhenNamed(t *testing.T) {
 	if h.kernelXDP(t, "lo") == 0 {
 		t.Fatal("status says lo is protected, the kernel shows no XDP program on it")
 	}
+}
+
+// procState is the state letter of process pid (R, S, T, ...), from
+// /proc/PID/stat: the field after the command's closing parenthesis.
+func procState(pid int) (byte, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+	}
+	return b[i+2], nil
 }

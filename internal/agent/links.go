@@ -109,6 +109,7 @@ func (w *linkWatcher) subscribe(ctx context.Context) error {
 		close(done)
 		return fmt.Errorf("subscribe to link events: %w", err)
 	}
+	w.log.Debug("netlink link subscription established", "receive_buffer_bytes", w.rcvbuf)
 	stop := func() {
 		close(done)
 		for range updates { // the library closes it once its reader ends
