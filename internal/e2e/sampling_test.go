@@ -124,17 +124,27 @@ func sampleCounts(t *testing.T, g lab.Guard) (drops, sampled, suppressed uint64)
 
 // TestTopNamesFloodSources: during a flood from 50 spoofed sources with
 // known shares, `top --json` names the three largest first, each with its
-// share within 0.06 (four standard deviations of a 30% share estimated from
-// the 1,000 samples or more the budget of 1,000 per CPU allows), and its
-// drop rate is the counters' exactly. The interval's drops are all sampled or suppressed.
+// share within four standard deviations of a 30% share estimated from the
+// samples taken (0.058 for the 1,000 or more the budget of 1,000 per CPU
+// allows on a host), and its drop rate is the counters' exactly. The
+// interval's drops are all sampled or suppressed.
 func TestTopNamesFloodSources(t *testing.T) {
 	e := newEnv(t)
 	run(t, e.guard, "attach", lab.Refl0If)
-	run(t, e.guard, "sampling", "1000")
+	budget, interval := 1000, 4*time.Second
+	if nstest.Emulated() {
+		// An emulated guest sends the flood at 1,000-1,500 frames a
+		// second: over more than the host's 4 s interval, and hardly
+		// faster than a budget of 1,000 samples a second, which would
+		// sample nearly all of it. A tenth of the budget keeps the
+		// flood many times faster than it.
+		budget, interval = 100, 30*time.Second
+	}
+	run(t, e.guard, "sampling", fmt.Sprint(budget))
 	const n = 6000
 	flood := newSpoofedFlood(n)
 	var out bytes.Buffer
-	top := startReader(t, e.guard, &out, "top", "--json", "--interval", "4s", "--count", "1", "--top", "5")
+	top := startReader(t, e.guard, &out, "top", "--json", "--interval", interval.String(), "--count", "1", "--top", "5")
 	// A second reader would split the samples: it is refused.
 	if msg, err := e.guard.Run("capture", "-w", filepath.Join(t.TempDir(), "x.pcap"), "--count", "1"); err == nil || !strings.Contains(msg, "another reader") {
 		t.Errorf("a second reader while top runs: %v %s, want refused as another reader", err, msg)
@@ -168,10 +178,10 @@ func TestTopNamesFloodSources(t *testing.T) {
 	if math.Abs(rep.Reasons["drop_request"]*rep.Interval-n) > 0.5 {
 		t.Errorf("drop_request rate %.1f/s over %.2fs, want %d drops", rep.Reasons["drop_request"], rep.Interval, n)
 	}
-	if rep.Samples < 1000 || rep.Samples >= n {
-		t.Fatalf("%d samples of %d drops: want a sample, bounded by the budget", rep.Samples, n)
+	if rep.Samples < budget || rep.Samples >= n {
+		t.Fatalf("%d samples of %d drops: want at least the budget's burst of %d, and not every drop", rep.Samples, n, budget)
 	}
-	const tolerance = 0.06
+	tolerance := 4 * math.Sqrt(0.3*0.7/float64(rep.Samples))
 	if len(rep.Sources) < 3 {
 		t.Fatalf("top sources: %+v", rep.Sources)
 	}
