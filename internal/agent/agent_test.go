@@ -218,6 +218,17 @@ func (h *host) startAgent(t *testing.T, cfg string, extra ...string) *agentProc 
 	return a
 }
 
+// logged waits for a log line holding every one of subs (a pass logs its
+// changes after making them, so the kernel or the status can show a change
+// before its line comes) and returns how many such lines there are.
+func (a *agentProc) logged(t *testing.T, subs ...string) int {
+	t.Helper()
+	nstest.Eventually(t, 5*time.Second, fmt.Sprintf("a log line with %q", subs), func() (bool, error) {
+		return a.log.count(subs...) > 0, nil
+	})
+	return a.log.count(subs...)
+}
+
 func (a *agentProc) kill() {
 	select {
 	case <-a.exited:

@@ -37,7 +37,7 @@ func TestLiveConfig(t *testing.T) {
 	h.waitFor(t, 5*time.Second, "ports 11211,11212 and monitor mode from the edited file", func(st status) bool {
 		return reflect.DeepEqual([]uint16(st.Config.Ports), []uint16{11211, 11212}) && st.Config.Mode == "monitor"
 	})
-	if n := a.log.count(`"what":"ports"`, `11211 -> 11211,11212`); n != 1 {
+	if n := a.logged(t, `"what":"ports"`, `11211 -> 11211,11212`); n != 1 {
 		t.Errorf("want one log line for the ports change, got %d", n)
 	}
 
