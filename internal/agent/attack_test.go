@@ -327,29 +327,23 @@ func TestAttackMonitorLogs(t *testing.T) {
 	if got := strings.Join(obs.calls, ","); got != "start eth0,end eth0" {
 		t.Errorf("observer calls %s", got)
 	}
-	// No sample source: no top_sources field, no call.
-	buf.Reset()
-	m2 := newAttackMonitor(log, nil, nil, cfg)
-	m2.step(t0, st(0, 0))
-	m2.step(t0.Add(time.Second), st(2000, 0))
-	lines = logLines(t, &buf)
-	if len(lines) != 1 || lines[0]["msg"] != "attack started" {
-		t.Fatalf("without samples: %v", lines)
-	}
-	if _, ok := lines[0]["top_sources"]; ok {
-		t.Errorf("top_sources without a sample source: %v", lines[0])
-	}
-	// A failing sample source leaves the field out; the event still goes.
-	buf.Reset()
-	m3 := newAttackMonitor(log, nil, &fakeSamples{err: errors.New("no ring buffer")}, cfg)
-	m3.step(t0, st(0, 0))
-	m3.step(t0.Add(time.Second), st(2000, 0))
-	lines = logLines(t, &buf)
-	if len(lines) != 1 || lines[0]["msg"] != "attack started" {
-		t.Fatalf("with failing samples: %v", lines)
-	}
-	if _, ok := lines[0]["top_sources"]; ok {
-		t.Errorf("top_sources from a failing sample source: %v", lines[0])
+	// No sample source, or a failing one: no top_sources field; the
+	// event still goes.
+	for what, src := range map[string]SampleSource{
+		"without a sample source":      nil,
+		"from a failing sample source": &fakeSamples{err: errors.New("no ring buffer")},
+	} {
+		buf.Reset()
+		m := newAttackMonitor(log, nil, src, cfg)
+		m.step(t0, st(0, 0))
+		m.step(t0.Add(time.Second), st(2000, 0))
+		lines = logLines(t, &buf)
+		if len(lines) != 1 || lines[0]["msg"] != "attack started" {
+			t.Fatalf("%s: %v", what, lines)
+		}
+		if _, ok := lines[0]["top_sources"]; ok {
+			t.Errorf("top_sources %s: %v", what, lines[0])
+		}
 	}
 }
 
