@@ -48,7 +48,7 @@ struct sample_count {
 
 /* A CPU's token bucket: credit is in token-nanoseconds, a sample costs
  * NSEC_PER_SEC of it, and rate per second is earned per second elapsed
- * (CLOCK_MONOTONIC_COARSE where the kernel has it: see coarse_clock). */
+ * (now_ns). */
 struct sample_budget {
 	__u64 last_ns;
 	__u64 credit;
@@ -109,11 +109,11 @@ static __always_inline int sample_take(void)
 	if (rate > SAMPLE_RATE_MAX)
 		rate = SAMPLE_RATE_MAX;
 	cap = rate * NSEC_PER_SEC;
-	/* The coarse clock (a jiffy's resolution, 1 to 10 ms) costs a load
-	 * where bpf_ktime_get_ns reads the clock source: under a flood the
-	 * bucket is empty and this runs on every drop. Refilling in jiffy
-	 * steps keeps the rate over any second. */
-	now = coarse_clock ? bpf_ktime_get_coarse_ns() : bpf_ktime_get_ns();
+	/* now_ns, a jiffy's resolution (1 to 10 ms), read from the clock once
+	 * a jiffy: under a flood the bucket is empty and this runs on every
+	 * drop. Refilling in jiffy steps keeps the rate over any second: what
+	 * is earned is measured from last_ns. */
+	now = now_ns();
 	/* A bucket fills in a second: a longer gap earns no more. */
 	elapsed = now - b->last_ns;
 	if (elapsed > NSEC_PER_SEC)

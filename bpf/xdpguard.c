@@ -189,14 +189,53 @@ volatile const __u64 ip6frag_time_ns = 60 * NSEC_PER_SEC;
  * of a 52 ns fragment drop). */
 volatile const __u8 coarse_clock = 1;
 
+/* A CPU's reading of the clock, kept for the rest of the jiffy it was read
+ * in: see now_ns. */
+struct clock_cache {
+	__u64 jiffy; /* bpf_jiffies64() when ns was read */
+	__u64 ns;
+};
+
+/* Per load, not pinned: a fresh cache only costs one clock read. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct clock_cache);
+} xdpguard_clock SEC(".maps");
+
+/* now_ns is the clock of the fragment and request tables and the sampling
+ * budget: the coarse clock (the precise one where there is none), read at
+ * most once per jiffy per CPU. The jiffies counter is one load (the verifier
+ * inlines bpf_jiffies64), the clock a helper call: 3 ns, most of what a
+ * suppressed drop or a later fragment's age check cost (measured). The
+ * coarse clock moves only on a tick, as the jiffies counter does, so the
+ * value kept is the one a read would give, or, when a CPU sees a tick's
+ * jiffy before its clock update, one tick older: now_ns lags real time by at
+ * most two ticks, and never runs ahead of it. */
+static __always_inline __u64 now_ns(void)
+{
+	__u32 zero = 0;
+	struct clock_cache *c = bpf_map_lookup_elem(&xdpguard_clock, &zero);
+	__u64 jiffy = bpf_jiffies64();
+
+	if (!c)
+		return coarse_clock ? bpf_ktime_get_coarse_ns() : bpf_ktime_get_ns();
+	if (c->jiffy != jiffy) {
+		c->ns = coarse_clock ? bpf_ktime_get_coarse_ns() : bpf_ktime_get_ns();
+		c->jiffy = jiffy;
+	}
+	return c->ns;
+}
+
 /* frag_age is how long ago a verdict recorded at seen_ns (precise clock) was
- * recorded, read from the coarse clock where there is one: that lags the
- * precise one by at most a tick, so an age comes out at most a tick short,
- * never long; a verdict lasts at least the kernel's timeout, as the kernel's
- * own reassembly timer does. Negative (recorded within the lag): 0. */
+ * recorded, read from now_ns: that lags the precise clock and never leads
+ * it, so an age comes out at most two ticks short, never long; a verdict
+ * lasts at least the kernel's timeout, as the kernel's own reassembly timer
+ * does. Negative (recorded within the lag): 0. */
 static __always_inline __u64 frag_age(__u64 seen_ns)
 {
-	__s64 age = (coarse_clock ? bpf_ktime_get_coarse_ns() : bpf_ktime_get_ns()) - seen_ns;
+	__s64 age = now_ns() - seen_ns;
 
 	return age < 0 ? 0 : age;
 }
@@ -342,13 +381,6 @@ static __always_inline int is_drop(enum reason r)
 static __always_inline int port_bit(const __u64 *bitmap, __u16 port)
 {
 	return (bitmap[port >> PORT_WORD_SHIFT] >> (port & (PORT_WORD_BITS - 1))) & 1;
-}
-
-/* now_ns is the clock of the request table: the coarse one where there is
- * one (see frag_age), so an entry outlives its expiry by at most a tick. */
-static __always_inline __u64 now_ns(void)
-{
-	return coarse_clock ? bpf_ktime_get_coarse_ns() : bpf_ktime_get_ns();
 }
 
 /* block_of is the block of an address: its leading 24 bits. */

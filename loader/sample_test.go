@@ -5,10 +5,12 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // sampleHarness is a harness with its ring buffer open.
@@ -223,6 +225,51 @@ func TestSampleBudgetExhausted(t *testing.T) {
 
 // Over many frames of every kind, passed and dropped, in both modes and at
 // both hooks, every drop is sampled or suppressed, exactly.
+// Under a flood the bucket is empty on every drop, and what it earns is
+// checked once per jiffy (the clock is read only when the jiffies counter
+// moved): over a continuous run on one CPU the samples are the full bucket
+// plus the rate times the run's length, less at most the last tick's credit
+// not yet collected. A refill that skipped ticks, or credited one twice,
+// lands outside.
+func TestSampleBudgetRefillsAtRate(t *testing.T) {
+	const rate = 1000
+	h, rd := sampleHarness(t, false, rate)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var was, one unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &was); err != nil {
+		t.Fatal(err)
+	}
+	for cpu := 0; cpu < 1024; cpu++ {
+		if was.IsSet(cpu) {
+			one.Set(cpu) // one CPU's bucket: the budget is per CPU
+			break
+		}
+	}
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := unix.SchedSetaffinity(0, &was); err != nil {
+			t.Error(err)
+		}
+	}()
+	frame := fr(req4(netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("192.0.2.1")))
+	start := time.Now()
+	for time.Since(start) < 1500*time.Millisecond {
+		runRepeat(t, h, HookXDP, frame, 2000)
+	}
+	took := time.Since(start)
+	samples := drainSamples(t, rd)
+	c := checkConservation(t, h, samples)[HookXDP][ReasonDropRequest]
+	// 50 ms: a tick of 20 Hz or faster, the last one's credit uncollected.
+	low := rate + uint64(rate*(took-50*time.Millisecond)/time.Second) - 1
+	high := rate + uint64(rate*took/time.Second) + 1
+	if c.Sampled < low || c.Sampled > high {
+		t.Errorf("rate %d over %v on one CPU: %d sampled, want %d..%d", rate, took, c.Sampled, low, high)
+	}
+}
+
 func TestSampleConservation(t *testing.T) {
 	for _, mode := range []Mode{ModeEnforce, ModeMonitor} {
 		for _, l3 := range []bool{false, true} {

@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type xdpguardClockCache struct {
+	_     structs.HostLayout
+	Jiffy uint64
+	Ns    uint64
+}
+
 type xdpguardConfig struct {
 	_             structs.HostLayout
 	Mode          xdpguardMode
@@ -133,6 +139,7 @@ const (
 	xdpguardMapXdpguardAllow6 = "xdpguard_allow6"
 	xdpguardMapXdpguardBlk4   = "xdpguard_blk4"
 	xdpguardMapXdpguardBlk6   = "xdpguard_blk6"
+	xdpguardMapXdpguardClock  = "xdpguard_clock"
 	xdpguardMapXdpguardConfig = "xdpguard_config"
 	xdpguardMapXdpguardExpiry = "xdpguard_expiry"
 	xdpguardMapXdpguardFrags4 = "xdpguard_frags4"
@@ -212,6 +219,7 @@ type xdpguardMapSpecs struct {
 	XdpguardAllow6 *ebpf.MapSpec `ebpf:"xdpguard_allow6"`
 	XdpguardBlk4   *ebpf.MapSpec `ebpf:"xdpguard_blk4"`
 	XdpguardBlk6   *ebpf.MapSpec `ebpf:"xdpguard_blk6"`
+	XdpguardClock  *ebpf.MapSpec `ebpf:"xdpguard_clock"`
 	XdpguardConfig *ebpf.MapSpec `ebpf:"xdpguard_config"`
 	XdpguardExpiry *ebpf.MapSpec `ebpf:"xdpguard_expiry"`
 	XdpguardFrags4 *ebpf.MapSpec `ebpf:"xdpguard_frags4"`
@@ -261,6 +269,7 @@ type xdpguardMaps struct {
 	XdpguardAllow6 *ebpf.Map `ebpf:"xdpguard_allow6"`
 	XdpguardBlk4   *ebpf.Map `ebpf:"xdpguard_blk4"`
 	XdpguardBlk6   *ebpf.Map `ebpf:"xdpguard_blk6"`
+	XdpguardClock  *ebpf.Map `ebpf:"xdpguard_clock"`
 	XdpguardConfig *ebpf.Map `ebpf:"xdpguard_config"`
 	XdpguardExpiry *ebpf.Map `ebpf:"xdpguard_expiry"`
 	XdpguardFrags4 *ebpf.Map `ebpf:"xdpguard_frags4"`
@@ -282,6 +291,7 @@ func (m *xdpguardMaps) Close() error {
 		m.XdpguardAllow6,
 		m.XdpguardBlk4,
 		m.XdpguardBlk6,
+		m.XdpguardClock,
 		m.XdpguardConfig,
 		m.XdpguardExpiry,
 		m.XdpguardFrags4,
