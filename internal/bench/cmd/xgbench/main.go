@@ -139,7 +139,10 @@ func run(ctx context.Context, o options, log io.Writer) error {
 		// The flood runs first: the allow-list step leaves the kernel
 		// freeing millions of trie nodes for a while after it.
 		{"flood", floodRun, nil},
-		{"per-packet cost", perPacket, nil},
+		{"per-packet cost", perPacket, func(b *strings.Builder, r *report) {
+			perPacketSection(b, r)
+			previousCells(b, r)
+		}},
 		{"drop sampling", dropSampling, func(b *strings.Builder, r *report) {
 			samplingTarget(b, r)
 			b.WriteString("\n")

@@ -316,6 +316,17 @@ func perPacketSection(b *strings.Builder, r *report) {
 	b.WriteString("first fragment of the same datagram (one LRU lookup).\n\n")
 }
 
+// previousCells lists the previous release's figures beside xdpguard's,
+// frame by frame: what the targets table condenses, for --only.
+func previousCells(b *strings.Builder, r *report) {
+	b.WriteString("| frame | xdpguard ns | " + progs.Previous + " ns |\n|---|---:|---:|\n")
+	for _, f := range r.frames {
+		g, p := r.perPacket.Cells[progs.Xdpguard][f.Name], r.perPacket.Cells[progs.Previous][f.Name]
+		fmt.Fprintf(b, "| `%s` | %.1f [%.1f–%.1f] | %.1f [%.1f–%.1f] |\n", f.Name, g.MedianNs, g.P25, g.P75, p.MedianNs, p.P25, p.P75)
+	}
+	b.WriteString("\n")
+}
+
 func verdictNote(got, want uint32) string {
 	s := "`" + frames.VerdictName(got) + "`"
 	if got != want {
