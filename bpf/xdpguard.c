@@ -157,6 +157,24 @@ struct frag_verdict {
 	__u32 pad;
 };
 
+/* The fragment caches' slots (see xdpguard_fc4): a key of the table, its
+ * verdict, and a tag that says the slot was written whole (frag_tag). The
+ * key sits 8-byte aligned, to be compared in 64-bit words. */
+struct frag4_slot {
+	__u64 tag;     /* frag_tag of the fields below, as they were written */
+	__u64 seen_ns; /* the verdict's, as in struct frag_verdict */
+	struct frag4_key key;
+	__u32 reason;
+};
+
+struct frag6_slot {
+	__u64 tag;
+	__u64 seen_ns;
+	struct frag6_key key;
+	__u32 reason;
+	__u32 pad;
+};
+
 struct counter {
 	__u64 packets;
 	__u64 bytes;
@@ -319,6 +337,36 @@ struct {
 	__type(value, struct frag_verdict);
 } xdpguard_frags6 SEC(".maps");
 
+/* Caches of the fragment tables, one per family, that a later fragment looks
+ * in first: one slot per hash of the key, found by an inlined array lookup
+ * and compared in a few words, where the table's lookup is a kernel call
+ * that hashes the key (jhash), walks a bucket and compares the key byte by
+ * byte (measured: 12 ns of a 30 ns IPv4 later fragment, 20 of 38 for IPv6).
+ * frag_record writes the table, then the slot of the key's hash; a lookup
+ * that finds another datagram in the slot (two in flight share it), or a
+ * slot half written, asks the table, which stays the authority. The cache
+ * only ever answers what the table was told last for that key, so it never
+ * changes a verdict: it can only outlast the table's LRU eviction, for a
+ * verdict no other datagram has taken the slot of. Not seeded: a sender that
+ * aims datagrams at one slot only sends their fragments to the table, at
+ * the table's cost. */
+#define FRAG_CACHE_BITS 14 /* 16,384 slots: 512 KiB (IPv4), 1 MiB (IPv6) */
+#define FRAG_CACHE_MASK ((1 << FRAG_CACHE_BITS) - 1)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << FRAG_CACHE_BITS);
+	__type(key, __u32);
+	__type(value, struct frag4_slot);
+} xdpguard_fc4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << FRAG_CACHE_BITS);
+	__type(key, __u32);
+	__type(value, struct frag6_slot);
+} xdpguard_fc6 SEC(".maps");
+
 /* Requests sent to response ports: key as the reply will carry it, value
  * the time (now_ns) past which no reply is awaited. Written by the egress
  * program, read by the XDP one. An LRU: when full, the least recently used
@@ -363,6 +411,14 @@ struct {
 	__type(key, __u32);
 	__type(value, struct counter);
 } xdpguard_stats2 SEC(".maps");
+
+/* keep_apart ends a branch whose map lookup must stay its own call: clang
+ * would otherwise merge two lookups of two maps that end alike into one call
+ * whose map is one of two, which the verifier cannot inline (an array
+ * lookup becomes a helper call, on every packet). Not a subprogram either:
+ * ProgramSpec.Compatible, which tells the loader an attached program is
+ * current, cannot match the tag of a program with BPF-to-BPF calls. */
+#define keep_apart() asm volatile("" ::: "memory")
 
 /* stats2_slot is the slot of a reason of the second maps (r >=
  * REASON_STATS_MAX); the first maps' slot is hook * REASON_STATS_MAX + r. */
@@ -433,73 +489,216 @@ static __always_inline int allowlisted(const struct config *cfg, const struct pa
 	return bpf_map_lookup_elem(&xdpguard_allow6, &key) != NULL;
 }
 
-/* frag4_key_of and frag6_key_of fill key with the datagram's identity as
- * seen at hook; 0 when the addresses cannot be read (unreachable after
- * parsing, checked for the verifier). A forwarded datagram meets both hooks;
- * each keeps its own verdict. */
-static __always_inline int frag4_key_of(const struct packet *pkt, enum hook hook,
-					struct frag4_key *key)
+/* A fragment table's key as the 64-bit words it is hashed and compared in:
+ * IPv4 uses w[0] and the low half of w[1] (the key is 12 bytes), IPv6 all
+ * five. The words are built in registers from the packet and stored whole:
+ * key fields stored one by one and read back as words would stall every
+ * load on the stores it spans (no store forwarding on x86). */
+union frag4_words {
+	struct frag4_key key;
+	__u64 w[2];
+};
+
+union frag6_words {
+	struct frag6_key key;
+	__u64 w[5];
+};
+
+_Static_assert(sizeof(struct frag4_key) == 12 && sizeof(struct frag6_key) == 40,
+	       "frag4_words_of and frag6_words_of lay out the keys word by word");
+
+/* frag4_words_of and frag6_words_of fill k with the datagram's identity as
+ * seen at hook (struct frag4_key, struct frag6_key, little-endian); 0 when
+ * the addresses cannot be read (unreachable after parsing, checked for the
+ * verifier). A forwarded datagram meets both hooks; each keeps its own
+ * verdict. */
+static __always_inline int frag4_words_of(const struct packet *pkt, enum hook hook,
+					  union frag4_words *k)
 {
 	const __u8 *ip = ip_header(pkt, IPV4_MIN_HLEN);
 
 	if (!ip)
 		return 0;
-	copy_addr(&key->saddr, ip + IPV4_SADDR_OFF, IPV4_ADDR_LEN);
-	copy_addr(&key->daddr, ip + IPV4_DADDR_OFF, IPV4_ADDR_LEN);
-	key->id = pkt->frag_id;
-	key->proto = pkt->frag_proto;
-	key->hook = hook;
+	/* saddr then daddr, as the key holds them */
+	k->w[0] = *(const __u64 *)(ip + IPV4_SADDR_OFF);
+	/* id (host order), proto, hook; the last 4 bytes are not the key's */
+	k->w[1] = (__u64)pkt->frag_id | (__u64)pkt->frag_proto << 16 | (__u64)hook << 24;
 	return 1;
 }
 
-static __always_inline int frag6_key_of(const struct packet *pkt, enum hook hook,
-					struct frag6_key *key)
+static __always_inline int frag6_words_of(const struct packet *pkt, enum hook hook,
+					  union frag6_words *k)
 {
 	const __u8 *ip = ip_header(pkt, IPV6_HLEN);
 
 	if (!ip)
 		return 0;
-	copy_addr(key->saddr, ip + IPV6_SADDR_OFF, IPV6_ADDR_LEN);
-	copy_addr(key->daddr, ip + IPV6_DADDR_OFF, IPV6_ADDR_LEN);
-	key->id = pkt->frag_id;
-	key->hook = hook;
+	k->w[0] = *(const __u64 *)(ip + IPV6_SADDR_OFF);
+	k->w[1] = *(const __u64 *)(ip + IPV6_SADDR_OFF + 8);
+	k->w[2] = *(const __u64 *)(ip + IPV6_DADDR_OFF);
+	k->w[3] = *(const __u64 *)(ip + IPV6_DADDR_OFF + 8);
+	k->w[4] = (__u64)pkt->frag_id | (__u64)hook << 32; /* id, hook, pad */
 	return 1;
 }
 
-/* frag_lookup returns the verdict recorded for the datagram of a later
- * fragment, NULL if there is none or its addresses cannot be read. */
-static __always_inline struct frag_verdict *frag_lookup(const struct packet *pkt, enum hook hook)
+/* The caches' hash: each key word times its own odd constant, summed; the
+ * slot is the sum's top bits, which every bit of the key reaches
+ * (multiplicative hashing). A finaliser that mixed the low bits too cost
+ * 3.5 ns of a 25 ns later fragment (measured), for no better spread of the
+ * top bits. */
+#define FRAG_HASH_M0 0x9e3779b97f4a7c15ULL
+#define FRAG_HASH_M1 0xc2b2ae3d27d4eb4fULL
+#define FRAG_HASH_M2 0x165667b19e3779f9ULL
+#define FRAG_HASH_M3 0xd6e8feb86659fd93ULL
+#define FRAG_HASH_M4 0xff51afd7ed558ccdULL
+/* Set in every tag: a slot never written (all zero) matches no key. */
+#define FRAG_TAG_LIVE 0x5bd1e9955bd1e995ULL
+
+static __always_inline __u64 frag4_hash(const union frag4_words *k)
 {
+	return k->w[0] * FRAG_HASH_M0 + k->w[1] * FRAG_HASH_M1; /* w[1]'s top half is 0 */
+}
+
+static __always_inline __u64 frag6_hash(const union frag6_words *k)
+{
+	return k->w[0] * FRAG_HASH_M0 + k->w[1] * FRAG_HASH_M1 + k->w[2] * FRAG_HASH_M2 +
+	       k->w[3] * FRAG_HASH_M3 + k->w[4] * FRAG_HASH_M4;
+}
+
+static __always_inline __u32 frag_slot(__u64 hash)
+{
+	return hash >> (64 - FRAG_CACHE_BITS);
+}
+
+/* frag_tag binds a slot's verdict to its key's hash: a slot read while
+ * another CPU writes it may hold fields of two writes, and then its tag
+ * matches neither (two keys in one slot have different hashes, and two
+ * writes different times), so the lookup goes to the table. */
+static __always_inline __u64 frag_tag(__u64 hash, __u64 seen_ns, __u32 reason)
+{
+	return hash ^ seen_ns ^ ((__u64)reason << 32) ^ FRAG_TAG_LIVE;
+}
+
+/* Each field of a slot is read once: the tag check and the verdict must see
+ * the same values. */
+#define READ_ONCE_U64(x) (*(const volatile __u64 *)&(x))
+#define READ_ONCE_U32(x) (*(const volatile __u32 *)&(x))
+
+/* frag_cache_hit reports whether a slot whose key words matched (same)
+ * holds a whole verdict for the key of hash h, and copies it to out. */
+static __always_inline int frag_cache_hit(__u64 tag, __u64 seen_ns, __u32 reason, __u64 h, int same,
+					  struct frag_verdict *out)
+{
+	if (!same || tag != frag_tag(h, seen_ns, reason))
+		return 0;
+	out->seen_ns = seen_ns;
+	out->reason = reason;
+	return 1;
+}
+
+/* frag_lookup finds the verdict recorded for the datagram of a later
+ * fragment, in the cache, else in the table, and copies it to out: 0 if there
+ * is none or the addresses cannot be read. */
+static __always_inline int frag_lookup(const struct packet *pkt, enum hook hook,
+				       struct frag_verdict *out)
+{
+	const struct frag_verdict *v;
+	__u32 slot;
+	__u64 h;
+
 	if (pkt->family == 4) {
-		struct frag4_key key = {};
+		union frag4_words k;
+		const struct frag4_slot *c;
 
-		return frag4_key_of(pkt, hook, &key) ? bpf_map_lookup_elem(&xdpguard_frags4, &key)
-						     : NULL;
+		if (!frag4_words_of(pkt, hook, &k))
+			return 0;
+		h = frag4_hash(&k);
+		slot = frag_slot(h);
+		c = bpf_map_lookup_elem(&xdpguard_fc4, &slot);
+		if (c) {
+			const __u64 *cw = (const __u64 *)&c->key;
+			int same = READ_ONCE_U64(cw[0]) == k.w[0] &&
+				   READ_ONCE_U32(((const __u32 *)cw)[2]) == (__u32)k.w[1];
+
+			if (frag_cache_hit(READ_ONCE_U64(c->tag), READ_ONCE_U64(c->seen_ns),
+					   READ_ONCE_U32(c->reason), h, same, out))
+				return 1;
+		}
+		keep_apart();
+		v = bpf_map_lookup_elem(&xdpguard_frags4, &k.key);
+	} else {
+		union frag6_words k;
+		const struct frag6_slot *c;
+
+		if (!frag6_words_of(pkt, hook, &k))
+			return 0;
+		h = frag6_hash(&k);
+		slot = frag_slot(h);
+		c = bpf_map_lookup_elem(&xdpguard_fc6, &slot);
+		if (c) {
+			const __u64 *cw = (const __u64 *)&c->key;
+			int same = ((READ_ONCE_U64(cw[0]) ^ k.w[0]) | (READ_ONCE_U64(cw[1]) ^ k.w[1]) |
+				    (READ_ONCE_U64(cw[2]) ^ k.w[2]) | (READ_ONCE_U64(cw[3]) ^ k.w[3]) |
+				    (READ_ONCE_U64(cw[4]) ^ k.w[4])) == 0;
+
+			if (frag_cache_hit(READ_ONCE_U64(c->tag), READ_ONCE_U64(c->seen_ns),
+					   READ_ONCE_U32(c->reason), h, same, out))
+				return 1;
+		}
+		keep_apart();
+		v = bpf_map_lookup_elem(&xdpguard_frags6, &k.key);
 	}
-	struct frag6_key key = {};
-
-	return frag6_key_of(pkt, hook, &key) ? bpf_map_lookup_elem(&xdpguard_frags6, &key) : NULL;
+	if (!v)
+		return 0;
+	out->seen_ns = v->seen_ns;
+	out->reason = v->reason;
+	return 1;
 }
 
 /* frag_record records a first fragment's verdict for the fragments that
- * follow. BPF_ANY: a later first fragment of the same datagram (a legitimate
- * one after a spoofed one, or a retransmission) overwrites the verdict, as it
- * is what the kernel will reassemble from. */
+ * follow, in the table, then in its cache slot (tag last). BPF_ANY: a later
+ * first fragment of the same datagram (a legitimate one after a spoofed one,
+ * or a retransmission) overwrites the verdict, as it is what the kernel will
+ * reassemble from. */
 static __always_inline void frag_record(const struct packet *pkt, enum hook hook, enum reason r)
 {
 	struct frag_verdict verdict = { .seen_ns = bpf_ktime_get_ns(), .reason = r };
+	__u32 slot;
+	__u64 h;
 
 	if (pkt->family == 4) {
-		struct frag4_key key = {};
+		union frag4_words k;
+		struct frag4_slot *c;
 
-		if (frag4_key_of(pkt, hook, &key))
-			bpf_map_update_elem(&xdpguard_frags4, &key, &verdict, BPF_ANY);
+		if (!frag4_words_of(pkt, hook, &k))
+			return;
+		bpf_map_update_elem(&xdpguard_frags4, &k.key, &verdict, BPF_ANY);
+		h = frag4_hash(&k);
+		slot = frag_slot(h);
+		c = bpf_map_lookup_elem(&xdpguard_fc4, &slot);
+		if (!c)
+			return;
+		c->key = k.key;
+		c->seen_ns = verdict.seen_ns;
+		c->reason = r;
+		c->tag = frag_tag(h, verdict.seen_ns, r);
 		return;
 	}
-	struct frag6_key key = {};
+	union frag6_words k;
+	struct frag6_slot *c;
 
-	if (frag6_key_of(pkt, hook, &key))
-		bpf_map_update_elem(&xdpguard_frags6, &key, &verdict, BPF_ANY);
+	if (!frag6_words_of(pkt, hook, &k))
+		return;
+	bpf_map_update_elem(&xdpguard_frags6, &k.key, &verdict, BPF_ANY);
+	h = frag6_hash(&k);
+	slot = frag_slot(h);
+	c = bpf_map_lookup_elem(&xdpguard_fc6, &slot);
+	if (!c)
+		return;
+	c->key = k.key;
+	c->seen_ns = verdict.seen_ns;
+	c->reason = r;
+	c->tag = frag_tag(h, verdict.seen_ns, r);
 }
 
 /* solicited reports whether a datagram arriving from a response port answers
@@ -603,20 +802,17 @@ static __always_inline enum reason decide(enum parse_result res, const struct pa
 		return REASON_DROP_MALFORMED;
 
 	if (res == PARSE_FRAGMENT) {
-		struct frag_verdict *first;
+		struct frag_verdict first;
 		__u64 max_age = pkt->family == 4 ? ipfrag_time_ns : ip6frag_time_ns;
 		enum reason r;
 
-		first = frag_lookup(pkt, hook);
-		/* Older than the kernel's reassembly timeout: that datagram's
-		 * queue is gone, and so is its verdict. */
-		if (first && frag_age(first->seen_ns) > max_age)
-			first = NULL;
-		if (!first)
+		/* None, or older than the kernel's reassembly timeout: that
+		 * datagram's queue is gone, and so is its verdict. */
+		if (!frag_lookup(pkt, hook, &first) || frag_age(first.seen_ns) > max_age)
 			return cfg->frag_policy == FRAG_STRICT ? REASON_DROP_ORPHAN_FRAGMENT
 							       : REASON_PASS_ORPHAN_FRAGMENT;
 		/* The first fragment was allowlisted or passed: so is this one. */
-		r = first->reason;
+		r = first.reason;
 		return is_drop(r) ? REASON_DROP_FRAGMENT : r;
 	}
 
@@ -671,14 +867,6 @@ static __always_inline enum reason classify(void *data, void *data_end, enum hoo
 		return REASON_WOULD_DROP;
 	return r;
 }
-
-/* keep_apart ends a branch whose map lookup must stay its own call: clang
- * would otherwise merge two lookups of two maps that end alike into one call
- * whose map is one of two, which the verifier cannot inline (an array
- * lookup becomes a helper call, on every packet). Not a subprogram either:
- * ProgramSpec.Compatible, which tells the loader an attached program is
- * current, cannot match the tag of a program with BPF-to-BPF calls. */
-#define keep_apart() asm volatile("" ::: "memory")
 
 static __always_inline void count(enum hook hook, enum reason r, __u64 bytes)
 {

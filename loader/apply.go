@@ -218,6 +218,16 @@ func (g *Guard) Apply(want DesiredState, opts ApplyOptions) (changes []Change, e
 				return nil, fmt.Errorf("attach %s: %w", spec.Name, err)
 			}
 		}
+		if r.replaced {
+			// Programs of another build wrote the fragment tables
+			// alone (a release before the caches) or left the caches
+			// behind a downgrade: a slot may hold an older verdict
+			// than its table. Emptied, the caches only send lookups
+			// to the tables until first fragments fill them again.
+			if err := g.Maps.ClearFragCaches(); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if plan != nil && len(plan.del) > 0 {
 		if err := r.allowDel(plan); err != nil {
@@ -258,6 +268,9 @@ type applyRun struct {
 	ns      uint64
 	t       txn
 	changes []Change
+	// replaced is set when programs of another build were swapped out:
+	// see clearFragCaches.
+	replaced bool
 }
 
 func (r *applyRun) change(iface, what, detail string) {
@@ -447,6 +460,7 @@ func (r *applyRun) reattach(l netlink.Link, dir string, opts AttachOptions) erro
 			return err
 		}
 		r.change(name, "replaced", describe(mode, egress))
+		r.replaced = true
 	}
 	if needTC {
 		backend, err := r.g.attachTC(l, dir, tcProg, opts.TCBackend, &r.t)

@@ -19,7 +19,7 @@ import (
 // what one attach made for one interface of one network namespace:
 //
 //	<pin>/config  allow4  allow6  allow4_blocks  allow6_blocks  frags4  frags6  meta
-//	      requests4  requests6  expiry  [config_nodir]
+//	      frag_cache4  frag_cache6  requests4  requests6  expiry  [config_nodir]
 //	<pin>/netns/<netns inode>/<ifindex>/stats  xdp_link  [tc_link | tc_legacy/]
 //
 // Ifindexes repeat across network namespaces (every namespace's first veth
@@ -36,6 +36,8 @@ const (
 	pinFrags4     = "frags4"
 	pinFrags6     = "frags6"
 	pinFragsOld   = "frags" // both families' table before issue 14: removed
+	pinFragCache4 = "frag_cache4"
+	pinFragCache6 = "frag_cache6"
 	pinReq4       = "requests4"
 	pinReq6       = "requests6"
 	pinExpiry     = "expiry"
@@ -190,6 +192,8 @@ func (g *Guard) openMaps(create, writer bool) (m *Maps, created bool, err error)
 		s.XdpguardBlk6:   pinAllow6Blk,
 		s.XdpguardFrags4: pinFrags4,
 		s.XdpguardFrags6: pinFrags6,
+		s.XdpguardFc4:    pinFragCache4,
+		s.XdpguardFc6:    pinFragCache6,
 		s.XdpguardReq4:   pinReq4,
 		s.XdpguardReq6:   pinReq6,
 		s.XdpguardExpiry: pinExpiry,
@@ -201,7 +205,7 @@ func (g *Guard) openMaps(create, writer bool) (m *Maps, created bool, err error)
 	// a writer, unpinned on a read-only open), as an upgrade, not as the
 	// making of the state.
 	added := map[string]bool{pinAllow4Blk: true, pinAllow6Blk: true, pinFrags4: true, pinFrags6: true,
-		pinSamples: true, pinSampleRate: true, pinSampleBudget: true,
+		pinFragCache4: true, pinFragCache6: true, pinSamples: true, pinSampleRate: true, pinSampleBudget: true,
 		pinReq4: true, pinReq6: true, pinExpiry: true}
 	// The config map of a release before port directions, upgraded in
 	// place (configmap.go).
@@ -228,7 +232,7 @@ func (g *Guard) openMaps(create, writer bool) (m *Maps, created bool, err error)
 			want.MaxEntries = info.MaxEntries // sizes may be overridden
 		}
 		switch spec {
-		case s.XdpguardFrags4, s.XdpguardFrags6, s.XdpguardReq4, s.XdpguardReq6:
+		case s.XdpguardFrags4, s.XdpguardFrags6, s.XdpguardFc4, s.XdpguardFc6, s.XdpguardReq4, s.XdpguardReq6:
 			// A cache: an older layout is replaced in place.
 			return openFragsPin(path, want, mp, create)
 		case s.XdpguardConfig:
@@ -307,7 +311,7 @@ func (g *Guard) openMaps(create, writer bool) (m *Maps, created bool, err error)
 	byName := map[string]*ebpf.Map{
 		pinConfig: m.Config, pinAllow4: m.Allow4, pinAllow6: m.Allow6,
 		pinAllow4Blk: m.Allow4Blocks, pinAllow6Blk: m.Allow6Blocks,
-		pinFrags4: m.Frags4, pinFrags6: m.Frags6,
+		pinFrags4: m.Frags4, pinFrags6: m.Frags6, pinFragCache4: m.FragCache4, pinFragCache6: m.FragCache6,
 		pinReq4: m.Req4, pinReq6: m.Req6, pinExpiry: m.Expiry,
 		pinSamples: m.Samples, pinSampleRate: m.SampleRateMap, pinSampleBudget: m.SampleBudget,
 	}
@@ -472,7 +476,7 @@ func (g *Guard) RemoveIfUnused() (bool, error) {
 func (g *Guard) removeShared() error {
 	var errs []error
 	for _, name := range []string{pinConfig, pinConfigLegacy, pinAllow4, pinAllow6, pinAllow4Blk, pinAllow6Blk, pinFrags4, pinFrags6, pinFragsOld,
-		pinReq4, pinReq6, pinExpiry, pinMeta, pinSamples, pinSampleRate, pinSampleBudget, sampleReaderDir} {
+		pinFragCache4, pinFragCache6, pinReq4, pinReq6, pinExpiry, pinMeta, pinSamples, pinSampleRate, pinSampleBudget, sampleReaderDir} {
 		if err := os.Remove(filepath.Join(g.pinPath, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}

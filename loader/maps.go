@@ -20,6 +20,10 @@ type Maps struct {
 	Allow6Blocks *ebpf.Map
 	Frags4       *ebpf.Map // LRU of IPv4 first-fragment verdicts
 	Frags6       *ebpf.Map // LRU of IPv6 first-fragment verdicts
+	// Caches of Frags4 and Frags6 in front of them (an array slot per
+	// hash of the key): later fragments look there first.
+	FragCache4 *ebpf.Map
+	FragCache6 *ebpf.Map
 	// Requests sent to response ports (LRU per family), and per port the
 	// seconds a request awaits its reply.
 	Req4   *ebpf.Map
@@ -120,6 +124,8 @@ func createMaps(s *xdpguardSpecs, open func(*ebpf.MapSpec) (*ebpf.Map, error)) (
 		{&m.Allow6Blocks, s.XdpguardBlk6},
 		{&m.Frags4, s.XdpguardFrags4},
 		{&m.Frags6, s.XdpguardFrags6},
+		{&m.FragCache4, s.XdpguardFc4},
+		{&m.FragCache6, s.XdpguardFc6},
 		{&m.Req4, s.XdpguardReq4},
 		{&m.Req6, s.XdpguardReq6},
 		{&m.Expiry, s.XdpguardExpiry},
@@ -155,7 +161,7 @@ func (m *Maps) Close() error {
 
 func (m *Maps) all() []*ebpf.Map {
 	return []*ebpf.Map{m.Config, m.Allow4, m.Allow6, m.Allow4Blocks, m.Allow6Blocks, m.Frags4, m.Frags6,
-		m.Req4, m.Req6, m.Expiry, m.LegacyConfig, m.Samples, m.SampleRateMap, m.SampleBudget}
+		m.FragCache4, m.FragCache6, m.Req4, m.Req6, m.Expiry, m.LegacyConfig, m.Samples, m.SampleRateMap, m.SampleBudget}
 }
 
 func (m *Maps) replacements() map[string]*ebpf.Map {
@@ -167,6 +173,8 @@ func (m *Maps) replacements() map[string]*ebpf.Map {
 		xdpguardMapXdpguardBlk6:   m.Allow6Blocks,
 		xdpguardMapXdpguardFrags4: m.Frags4,
 		xdpguardMapXdpguardFrags6: m.Frags6,
+		xdpguardMapXdpguardFc4:    m.FragCache4,
+		xdpguardMapXdpguardFc6:    m.FragCache6,
 		xdpguardMapXdpguardReq4:   m.Req4,
 		xdpguardMapXdpguardReq6:   m.Req6,
 		xdpguardMapXdpguardExpiry: m.Expiry,
@@ -304,7 +312,8 @@ func (m *Maps) ClearRequests() error {
 	return nil
 }
 
-// ClearFrags empties the fragment tables (tests reset state between frames).
+// ClearFrags empties the fragment tables and their caches (tests reset
+// state between frames).
 func (m *Maps) ClearFrags() error {
 	if err := clearMap[xdpguardFrag4Key](m.Frags4); err != nil {
 		return fmt.Errorf("clear IPv4 fragment table: %w", err)
@@ -312,7 +321,41 @@ func (m *Maps) ClearFrags() error {
 	if err := clearMap[xdpguardFrag6Key](m.Frags6); err != nil {
 		return fmt.Errorf("clear IPv6 fragment table: %w", err)
 	}
+	return m.ClearFragCaches()
+}
+
+// ClearFragCaches empties the fragment tables' caches: every slot zero,
+// which matches no key. Always safe: a lookup the cache cannot answer asks
+// the table.
+func (m *Maps) ClearFragCaches() error {
+	if err := zeroArray[xdpguardFrag4Slot](m.FragCache4); err != nil {
+		return fmt.Errorf("clear IPv4 fragment cache: %w", err)
+	}
+	if err := zeroArray[xdpguardFrag6Slot](m.FragCache6); err != nil {
+		return fmt.Errorf("clear IPv6 fragment cache: %w", err)
+	}
 	return nil
+}
+
+// zeroArray writes a zero V to every slot of an array map, in one batch
+// where the kernel has them.
+func zeroArray[V any](mp *ebpf.Map) error {
+	n := mp.MaxEntries()
+	keys := make([]uint32, n)
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	vals := make([]V, n)
+	_, err := mp.BatchUpdate(keys, vals, nil)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		for i := range keys {
+			if err := mp.Update(keys[i], &vals[i], ebpf.UpdateExist); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return err
 }
 
 func clearMap[K any](mp *ebpf.Map) error { return clearMapOf[K, xdpguardFragVerdict](mp) }

@@ -44,6 +44,14 @@ type xdpguardFrag4Key struct {
 	Hook  uint8
 }
 
+type xdpguardFrag4Slot struct {
+	_      structs.HostLayout
+	Tag    uint64
+	SeenNs uint64
+	Key    xdpguardFrag4Key
+	Reason uint32
+}
+
 type xdpguardFrag6Key struct {
 	_     structs.HostLayout
 	Saddr [4]uint32
@@ -51,6 +59,15 @@ type xdpguardFrag6Key struct {
 	Id    uint32
 	Hook  uint8
 	Pad   [3]uint8
+}
+
+type xdpguardFrag6Slot struct {
+	_      structs.HostLayout
+	Tag    uint64
+	SeenNs uint64
+	Key    xdpguardFrag6Key
+	Reason uint32
+	Pad    uint32
 }
 
 type xdpguardFragPolicy uint32
@@ -142,6 +159,8 @@ const (
 	xdpguardMapXdpguardClock  = "xdpguard_clock"
 	xdpguardMapXdpguardConfig = "xdpguard_config"
 	xdpguardMapXdpguardExpiry = "xdpguard_expiry"
+	xdpguardMapXdpguardFc4    = "xdpguard_fc4"
+	xdpguardMapXdpguardFc6    = "xdpguard_fc6"
 	xdpguardMapXdpguardFrags4 = "xdpguard_frags4"
 	xdpguardMapXdpguardFrags6 = "xdpguard_frags6"
 	xdpguardMapXdpguardReq4   = "xdpguard_req4"
@@ -222,6 +241,8 @@ type xdpguardMapSpecs struct {
 	XdpguardClock  *ebpf.MapSpec `ebpf:"xdpguard_clock"`
 	XdpguardConfig *ebpf.MapSpec `ebpf:"xdpguard_config"`
 	XdpguardExpiry *ebpf.MapSpec `ebpf:"xdpguard_expiry"`
+	XdpguardFc4    *ebpf.MapSpec `ebpf:"xdpguard_fc4"`
+	XdpguardFc6    *ebpf.MapSpec `ebpf:"xdpguard_fc6"`
 	XdpguardFrags4 *ebpf.MapSpec `ebpf:"xdpguard_frags4"`
 	XdpguardFrags6 *ebpf.MapSpec `ebpf:"xdpguard_frags6"`
 	XdpguardReq4   *ebpf.MapSpec `ebpf:"xdpguard_req4"`
@@ -272,6 +293,8 @@ type xdpguardMaps struct {
 	XdpguardClock  *ebpf.Map `ebpf:"xdpguard_clock"`
 	XdpguardConfig *ebpf.Map `ebpf:"xdpguard_config"`
 	XdpguardExpiry *ebpf.Map `ebpf:"xdpguard_expiry"`
+	XdpguardFc4    *ebpf.Map `ebpf:"xdpguard_fc4"`
+	XdpguardFc6    *ebpf.Map `ebpf:"xdpguard_fc6"`
 	XdpguardFrags4 *ebpf.Map `ebpf:"xdpguard_frags4"`
 	XdpguardFrags6 *ebpf.Map `ebpf:"xdpguard_frags6"`
 	XdpguardReq4   *ebpf.Map `ebpf:"xdpguard_req4"`
@@ -294,6 +317,8 @@ func (m *xdpguardMaps) Close() error {
 		m.XdpguardClock,
 		m.XdpguardConfig,
 		m.XdpguardExpiry,
+		m.XdpguardFc4,
+		m.XdpguardFc6,
 		m.XdpguardFrags4,
 		m.XdpguardFrags6,
 		m.XdpguardReq4,

@@ -45,7 +45,7 @@ func Defaults() ([]Map, error) {
 		m     *ebpf.Map
 		scope string
 	}{{m.Config, "host"}, {m.Allow4, "host"}, {m.Allow6, "host"}, {m.Allow4Blocks, "host"}, {m.Allow6Blocks, "host"},
-		{m.Frags4, "host"}, {m.Frags6, "host"}, {m.Req4, "host"}, {m.Req6, "host"}, {m.Expiry, "host"},
+		{m.Frags4, "host"}, {m.Frags6, "host"}, {m.FragCache4, "host"}, {m.FragCache6, "host"}, {m.Req4, "host"}, {m.Req6, "host"}, {m.Expiry, "host"},
 		{m.Samples, "host"}, {m.SampleRateMap, "host"}, {m.SampleBudget, "host"},
 		{dp.Stats, "interface"}, {dp.Stats2, "interface"}, {dp.SampleStats, "interface"}, {dp.SampleStats2, "interface"}} {
 		info, err := x.m.Info()
