@@ -5,7 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xdpguard/xdpguard/internal/bench/allowlist"
 	"github.com/xdpguard/xdpguard/internal/bench/footprint"
+	"github.com/xdpguard/xdpguard/internal/bench/frames"
 	"github.com/xdpguard/xdpguard/internal/bench/perpacket"
 	"github.com/xdpguard/xdpguard/internal/bench/progs"
 	"github.com/xdpguard/xdpguard/internal/bench/sampling"
@@ -115,5 +117,51 @@ func TestSolicitReport(t *testing.T) {
 	solicitSection(&none, &report{})
 	if none.Len() != 0 {
 		t.Errorf("a run without the step wrote %q", none.String())
+	}
+}
+
+// The explanations of missed targets carry this run's figures, and are
+// written only when the target was missed.
+func TestMissedExplanations(t *testing.T) {
+	frame := frames.Frame{Name: sampling.Frame}
+	pp := &perpacket.Result{Cells: map[string]map[string]*perpacket.Cell{
+		progs.Floor:    {sampling.Frame: cell(5.0, 4.9, 5.1)},
+		progs.Xdpguard: {sampling.Frame: cell(16.0, 15.9, 16.1)},
+		progs.Previous: {sampling.Frame: cell(11.0, 10.9, 11.1)},
+	}}
+	smp := &sampling.Result{PerPacket: &perpacket.Result{Cells: map[string]map[string]*perpacket.Cell{
+		progs.Floor:    {sampling.Frame: cell(5.5, 5.4, 5.6)},
+		sampling.Off:   {sampling.Frame: cell(14.5, 14.4, 14.6)},
+		sampling.Spent: {sampling.Frame: cell(15.5, 15.4, 15.6)},
+	}}}
+	allow := []allowlist.SizeResult{
+		{Family: 4, Size: 0, Outside: map[string]*perpacket.Cell{progs.Xdpguard: cell(16.0, 15.9, 16.1)}},
+		{Family: 4, Size: 1000, Outside: map[string]*perpacket.Cell{progs.Xdpguard: cell(17.5, 17.4, 17.6)},
+			Inside: map[string]*perpacket.Cell{progs.Xdpguard: cell(62.0, 61.9, 62.1), progs.Previous: cell(60.0, 59.0, 60.5)}},
+	}
+	r := &report{frames: []frames.Frame{frame}, perPacket: pp, sampling: smp, allow: allow}
+	var b strings.Builder
+	slowerMissed(&b, r)
+	onListMissed(&b, r)
+	out := b.String()
+	for _, want := range []string{
+		"xdpguard is 11.0 ns above the floor and the previous release\n6.0 ns",
+		"is +1.0 ns of that",
+		"with sampling off xdpguard is 9.0 ns above the floor, and the remaining +3.0 ns",
+		"1 000 IPv4 prefixes +2.0 ns (+3%)",
+		"(17.5 ns with 1 000 IPv4 prefixes against 16.0 with none)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("explanations lack %q:\n%s", want, out)
+		}
+	}
+	// Met: nothing written.
+	pp.Cells[progs.Xdpguard][sampling.Frame] = cell(11.0, 10.9, 11.1)
+	allow[1].Inside[progs.Xdpguard] = cell(60.0, 59.9, 60.1)
+	var none strings.Builder
+	slowerMissed(&none, r)
+	onListMissed(&none, r)
+	if none.Len() != 0 {
+		t.Errorf("targets met, yet written: %q", none.String())
 	}
 }
