@@ -279,8 +279,8 @@ func onListMissed(b *strings.Builder, r *report) {
 	}
 	b.WriteString("in place of the walk. The bitmap cannot answer \"listed\"\n")
 	b.WriteString("for a /32 or any prefix narrower than its /24 blocks, so a listed peer cannot skip the walk without a\n")
-	b.WriteString("second structure; a listed peer is the traffic xdpguard passes, a few per cent slower, while every\n")
-	b.WriteString("attack packet from outside the list saves the walk.\n\n")
+	b.WriteString("second structure. A listed peer's datagram is one xdpguard passes, on to the kernel's stack and the\n")
+	b.WriteString("server (microseconds); every attack packet from outside the list saves the walk.\n\n")
 }
 
 // fragMissed says why a later fragment costs more than 1.5× an
