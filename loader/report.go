@@ -237,10 +237,12 @@ func (g *Guard) Stats(names ...string) ([]InterfaceStats, error) {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		egress := a.egress() != ""
-		st, err := ReadStats(a.counters.Stats, a.counters.Stats2)
+		var st map[Hook]HookCounters
 		var sst map[Hook]HookSampleCounters
-		if err == nil && a.counters.SampleStats != nil {
-			sst, err = ReadSampleStats(a.counters.SampleStats, a.counters.SampleStats2)
+		if a.counters.SampleStats != nil {
+			st, sst, err = readCounters(a.counters)
+		} else {
+			st, err = ReadStats(a.counters.Stats, a.counters.Stats2)
 		}
 		a.close()
 		if err != nil {
