@@ -2,15 +2,12 @@
 /* Drop samples: a bounded, counted view of what the programs drop.
  *
  * Every drop (and, in monitor mode, every would-drop) either becomes one
- * sample on the xdpguard_ring ring buffer, counted as sampled per interface,
- * hook and reason, or is suppressed: the loader reads suppressed as the drop
- * counter less sampled, so samples + suppressed == drops, exactly, and a
- * suppressed drop, every drop of a flood, writes no counter of its own
- * (measured: 0.75 ns of a 16 ns drop). A per-CPU token bucket bounds the
- * samples, and so the cost, under any flood: xdpguard_srate[0] samples per
- * second per CPU, a burst of one second's worth; 0 turns sampling off (every
- * drop is then suppressed). A full ring buffer (no reader, or a slow one)
- * suppresses too.
+ * sample on the xdpguard_ring ring buffer or is counted as suppressed, per
+ * interface, hook and reason: samples + suppressed == drops, exactly. A
+ * per-CPU token bucket bounds the samples, and so the cost, under any flood:
+ * xdpguard_srate[0] samples per second per CPU, a burst of one second's
+ * worth; 0 turns sampling off (every drop is then suppressed). A full ring
+ * buffer (no reader, or a slow one) counts as suppressed too.
  *
  * Included by xdpguard.c after count(); nothing here runs on the pass path. */
 #ifndef XDPGUARD_SAMPLE_H
@@ -45,10 +42,8 @@ struct sample {
  * the slots of xdpguard_stats in xdpguard_sstats, those of xdpguard_stats2
  * in xdpguard_sstat2. */
 struct sample_count {
-	__u64 sampled; /* samples put on the ring buffer */
-	/* Drops not sampled, as releases before derived suppressed counted
-	 * them; no longer written, and not read (the loader derives it). */
-	__u64 suppressed;
+	__u64 sampled;    /* samples put on the ring buffer */
+	__u64 suppressed; /* drops not sampled: budget spent, sampling off, ring full */
 };
 
 /* A CPU's token bucket: credit is in token-nanoseconds, a sample costs
@@ -140,42 +135,49 @@ static __always_inline int sample_take(void)
 	return 1;
 }
 
-static __always_inline void sample_add(struct sample_count *c)
+static __always_inline void sample_add(struct sample_count *c, int sampled)
 {
-	if (c)
+	if (!c)
+		return;
+	if (sampled)
 		c->sampled++;
+	else
+		c->suppressed++;
 }
 
-/* sample_counted counts a drop sampled. */
-static __always_inline void sample_counted(enum hook hook, enum reason r)
+static __always_inline void sample_count(enum hook hook, enum reason r, int sampled)
 {
 	__u32 slot = hook * REASON_STATS_MAX + r;
 
 	if (r >= REASON_STATS_MAX) {
 		slot = stats2_slot(hook, r);
-		sample_add(bpf_map_lookup_elem(&xdpguard_sstat2, &slot));
+		sample_add(bpf_map_lookup_elem(&xdpguard_sstat2, &slot), sampled);
 		keep_apart(); /* see count */
 		return;
 	}
-	sample_add(bpf_map_lookup_elem(&xdpguard_sstats, &slot));
+	sample_add(bpf_map_lookup_elem(&xdpguard_sstats, &slot), sampled);
 }
 
 /* sample_reserve returns a ring buffer record with the header filled but
- * for ifindex, or NULL (the drop is suppressed) when the budget or the ring
+ * for ifindex, or NULL (counted as suppressed) when the budget or the ring
  * has no room. The caller reads the interface only once it has a record:
- * XDP's ingress_ifindex is three dependent loads (rxq, its device, the
- * device's index), which a suppressed drop, every drop of a flood, need not
- * pay. */
+ * XDP's ingress_ifindex is dependent loads (the receive queue, its device,
+ * the device's index) that a suppressed drop, every drop of a flood, need
+ * not pay. */
 static __always_inline struct sample *sample_reserve(enum hook hook, enum reason r,
 						     enum frame_start start, __u32 wire_len)
 {
 	struct sample *s;
 
-	if (!sample_take())
+	if (!sample_take()) {
+		sample_count(hook, r, 0);
 		return NULL;
+	}
 	s = bpf_ringbuf_reserve(&xdpguard_ring, sizeof(*s), 0);
-	if (!s)
+	if (!s) {
+		sample_count(hook, r, 0);
 		return NULL;
+	}
 	s->ktime_ns = bpf_ktime_get_ns();
 	s->netns = sample_netns;
 	s->wire_len = wire_len;
@@ -202,17 +204,18 @@ static __always_inline __u32 sample_snap_len(__u32 wire_len)
 }
 
 /* sample_commit submits s with len bytes copied, or, when the copy failed
- * (err != 0), discards it: the drop is then suppressed. */
+ * (err != 0), discards it and counts the drop as suppressed. */
 static __always_inline void sample_commit(struct sample *s, enum hook hook, enum reason r,
 					  __u32 len, long err)
 {
 	if (err) {
 		bpf_ringbuf_discard(s, 0);
+		sample_count(hook, r, 0);
 		return;
 	}
 	s->cap_len = len;
 	bpf_ringbuf_submit(s, 0);
-	sample_counted(hook, r);
+	sample_count(hook, r, 1);
 }
 
 /* sample_copy_words copies n bytes (a multiple of 8, a constant once

@@ -237,12 +237,10 @@ func (g *Guard) Stats(names ...string) ([]InterfaceStats, error) {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		egress := a.egress() != ""
-		var st map[Hook]HookCounters
+		st, err := ReadStats(a.counters.Stats, a.counters.Stats2)
 		var sst map[Hook]HookSampleCounters
-		if a.counters.SampleStats != nil {
-			st, sst, err = readCounters(a.counters)
-		} else {
-			st, err = ReadStats(a.counters.Stats, a.counters.Stats2)
+		if err == nil && a.counters.SampleStats != nil {
+			sst, err = ReadSampleStats(a.counters.SampleStats, a.counters.SampleStats2)
 		}
 		a.close()
 		if err != nil {

@@ -94,48 +94,11 @@ type SampleCounter struct {
 type HookSampleCounters [xdpguardReasonREASON_MAX]SampleCounter
 
 // ReadSampleStats sums an interface's sample counters over CPUs, per hook,
-// for the reasons that drop (and would_drop). The data plane counts only the
-// drops it sampled: Suppressed is the drop counter less Sampled, the drops
-// not sampled (bpf/sample.h), those counted before sampling existed
-// included. c.SampleStats2 may be nil (an interface attached by a release
-// before port directions has none yet: its reasons count 0 sampled).
-func ReadSampleStats(c Counters) (map[Hook]HookSampleCounters, error) {
-	_, sst, err := readCounters(c)
-	return sst, err
-}
-
-// readCounters reads an interface's drop counters and sample counters. The
-// samples first: a drop is counted before it is sampled, so drops read
-// after them are at least the samples, and Suppressed never goes negative.
-func readCounters(c Counters) (map[Hook]HookCounters, map[Hook]HookSampleCounters, error) {
-	sampled, err := readSampled(c.SampleStats, c.SampleStats2)
-	if err != nil {
-		return nil, nil, err
-	}
-	st, err := ReadStats(c.Stats, c.Stats2)
-	if err != nil {
-		return nil, nil, err
-	}
+// from the two maps as ReadStats reads the counters (m2 nil: 0).
+func ReadSampleStats(m, m2 *ebpf.Map) (map[Hook]HookSampleCounters, error) {
 	out := make(map[Hook]HookSampleCounters, hookCount)
 	for h := range hookCount {
 		var hc HookSampleCounters
-		for r := range ReasonCount {
-			if !Reason(r).Dropped() && Reason(r) != ReasonWouldDrop {
-				continue
-			}
-			n, drops := sampled[h][r], st[h][r].Packets
-			hc[r] = SampleCounter{Sampled: n, Suppressed: drops - min(n, drops)}
-		}
-		out[h] = hc
-	}
-	return st, out, nil
-}
-
-// readSampled sums the sampled counts over CPUs, per hook and reason.
-func readSampled(m, m2 *ebpf.Map) (map[Hook][xdpguardReasonREASON_MAX]uint64, error) {
-	out := make(map[Hook][xdpguardReasonREASON_MAX]uint64, hookCount)
-	for h := range hookCount {
-		var n [xdpguardReasonREASON_MAX]uint64
 		for r := range ReasonCount {
 			var perCPU []xdpguardSampleCount
 			second, slot := statsSlot(h, r)
@@ -150,10 +113,11 @@ func readSampled(m, m2 *ebpf.Map) (map[Hook][xdpguardReasonREASON_MAX]uint64, er
 				return nil, fmt.Errorf("read sample counters %s/%s: %w", h, Reason(r), err)
 			}
 			for _, c := range perCPU {
-				n[r] += c.Sampled
+				hc[r].Sampled += c.Sampled
+				hc[r].Suppressed += c.Suppressed
 			}
 		}
-		out[h] = n
+		out[h] = hc
 	}
 	return out, nil
 }

@@ -73,7 +73,7 @@ func Run(rounds, repeat int) (res *Result, err error) {
 		rate uint32
 	}{{Off, 0}, {Spent, loader.DefaultSampleRate}}
 	subjects := []perpacket.Subject{{Name: progs.Floor, Prog: floor.Prog}}
-	counters := map[string]loader.Counters{}
+	stats := map[string]*ebpf.Map{}
 	for _, s := range setups {
 		m, err := loader.NewMaps(loader.MapSizes{})
 		if err != nil {
@@ -95,7 +95,7 @@ func Run(rounds, repeat int) (res *Result, err error) {
 			return nil, fmt.Errorf("%s: spend the budget: %w", s.name, err)
 		}
 		subjects = append(subjects, perpacket.Subject{Name: s.name, Prog: dp.XDP})
-		counters[s.name] = dp.Counters()
+		stats[s.name] = dp.SampleStats
 	}
 	pp, err := perpacket.Run(subjects, []perpacket.Input{{Name: frame.Name, Data: frame.Data}}, rounds, repeat)
 	if err != nil {
@@ -106,7 +106,7 @@ func Run(rounds, repeat int) (res *Result, err error) {
 		if v := pp.Cells[s.name][Frame].Verdict; v != frame.Want {
 			return nil, fmt.Errorf("%s returned %s on %s, want %s", s.name, frames.VerdictName(v), Frame, frames.VerdictName(frame.Want))
 		}
-		byHook, err := loader.ReadSampleStats(counters[s.name])
+		byHook, err := loader.ReadSampleStats(stats[s.name], nil) // this bench samples drop_request only
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", s.name, err)
 		}
