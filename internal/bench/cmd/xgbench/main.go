@@ -138,7 +138,7 @@ func run(ctx context.Context, o options, log io.Writer) error {
 	steps := []step{
 		// The flood runs first: the allow-list step leaves the kernel
 		// freeing millions of trie nodes for a while after it.
-		{"flood", floodRun, nil},
+		{"flood", floodRun, floodSection},
 		{"per-packet cost", perPacket, func(b *strings.Builder, r *report) {
 			perPacketSection(b, r)
 			previousCells(b, r)
