@@ -280,9 +280,10 @@ func onListMissed(b *strings.Builder, r *report) {
 	}
 	b.WriteString("in place of the walk. The bitmap cannot answer \"listed\"\n")
 	b.WriteString("for a /32 or any prefix narrower than its /24 blocks, so a listed peer cannot skip the walk without a\n")
-	b.WriteString("second structure. The rest is the policy added since for a datagram it passes (issue 12's\n")
-	b.WriteString("directions) and the spread of these rounds (section 2 gives the interquartile ranges). A listed\n")
-	b.WriteString("peer's datagram is one xdpguard passes, on to the kernel's stack and the\n")
+	b.WriteString("second structure. The rest, which this run does not take apart, is what else changed since on\n")
+	b.WriteString("the path of a datagram xdpguard passes (issue 12's directions among it) and the spread of these\n")
+	b.WriteString("rounds (section 2 gives the interquartile ranges). A listed peer's datagram goes on to the kernel's\n")
+	b.WriteString("stack and the\n")
 	b.WriteString("server (microseconds); every attack packet from outside the list saves the walk.\n\n")
 }
 
