@@ -228,9 +228,12 @@ func TestSampleBudgetExhausted(t *testing.T) {
 // Under a flood the bucket is empty on every drop, and what it earns is
 // checked once per jiffy (the clock is read only when the jiffies counter
 // moved): over a continuous run on one CPU the samples are the full bucket
-// plus the rate times the run's length, less at most the last tick's credit
-// not yet collected. A refill that skipped ticks, or credited one twice,
-// lands outside.
+// plus the rate times the run's length. The kernel's coarse clock lags this
+// process's by a tick or two on a host, by tens of milliseconds in an
+// emulated guest (its ticks come late, and not always by the same), so the
+// bounds allow a fifth of the run below and a tenth above; a refill that
+// never came, came every other tick, or credited each tick twice still lands
+// outside.
 func TestSampleBudgetRefillsAtRate(t *testing.T) {
 	const rate = 1000
 	h, rd := sampleHarness(t, false, rate)
@@ -262,9 +265,8 @@ func TestSampleBudgetRefillsAtRate(t *testing.T) {
 	took := time.Since(start)
 	samples := drainSamples(t, rd)
 	c := checkConservation(t, h, samples)[HookXDP][ReasonDropRequest]
-	// 50 ms: a tick of 20 Hz or faster, the last one's credit uncollected.
-	low := rate + uint64(rate*(took-50*time.Millisecond)/time.Second) - 1
-	high := rate + uint64(rate*took/time.Second) + 1
+	low := rate + uint64(rate*took*4/5/time.Second) - 1
+	high := rate + uint64(rate*took*11/10/time.Second) + 1
 	if c.Sampled < low || c.Sampled > high {
 		t.Errorf("rate %d over %v on one CPU: %d sampled, want %d..%d", rate, took, c.Sampled, low, high)
 	}
