@@ -355,6 +355,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE); /* the loader empties it in place */
 	__uint(max_entries, 1 << FRAG_CACHE_BITS);
 	__type(key, __u32);
 	__type(value, struct frag4_slot);
@@ -362,6 +363,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE); /* the loader empties it in place */
 	__uint(max_entries, 1 << FRAG_CACHE_BITS);
 	__type(key, __u32);
 	__type(value, struct frag6_slot);
