@@ -5,12 +5,12 @@ import (
 	"errors"
 	"net/netip"
 	"os"
-	"runtime"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
+
+	"github.com/xdpguard/xdpguard/internal/nstest"
 )
 
 // sampleHarness is a harness with its ring buffer open.
@@ -237,32 +237,15 @@ func TestSampleBudgetExhausted(t *testing.T) {
 func TestSampleBudgetRefillsAtRate(t *testing.T) {
 	const rate = 1000
 	h, rd := sampleHarness(t, false, rate)
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	var was, one unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &was); err != nil {
-		t.Fatal(err)
-	}
-	for cpu := 0; cpu < 1024; cpu++ {
-		if was.IsSet(cpu) {
-			one.Set(cpu) // one CPU's bucket: the budget is per CPU
-			break
-		}
-	}
-	if err := unix.SchedSetaffinity(0, &one); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := unix.SchedSetaffinity(0, &was); err != nil {
-			t.Error(err)
-		}
-	}()
 	frame := fr(req4(netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("192.0.2.1")))
-	start := time.Now()
-	for time.Since(start) < 1500*time.Millisecond {
-		runRepeat(t, h, HookXDP, frame, 2000)
-	}
-	took := time.Since(start)
+	var took time.Duration
+	nstest.OnOneCPU(t, func() { // one CPU's bucket: the budget is per CPU
+		start := time.Now()
+		for time.Since(start) < 1500*time.Millisecond {
+			runRepeat(t, h, HookXDP, frame, 2000)
+		}
+		took = time.Since(start)
+	})
 	samples := drainSamples(t, rd)
 	c := checkConservation(t, h, samples)[HookXDP][ReasonDropRequest]
 	low := rate + uint64(rate*took*4/5/time.Second) - 1

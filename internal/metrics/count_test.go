@@ -5,13 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sys/unix"
 
 	"github.com/xdpguard/xdpguard/internal/nstest"
 	"github.com/xdpguard/xdpguard/loader"
@@ -46,35 +44,17 @@ func newMaps(t testing.TB) *loader.Maps {
 // CPU's list and evict before the table is full (seen: 65,408 of 65,536).
 func fillFrags(t testing.TB, frags *ebpf.Map, first, n int) {
 	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	var was, one unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &was); err != nil {
-		t.Fatal(err)
-	}
-	for cpu := 0; cpu < 1024; cpu++ {
-		if was.IsSet(cpu) {
-			one.Set(cpu)
-			break
+	nstest.OnOneCPU(t, func() {
+		keys := make([][fragKeySize]byte, n)
+		vals := make([][fragValueSize]byte, n) // zero verdicts
+		for i := range keys {
+			binary.LittleEndian.PutUint32(keys[i][32:], uint32(first+i)) // the IP ID
+			keys[i][0] = 0x20                                            // a source address
 		}
-	}
-	if err := unix.SchedSetaffinity(0, &one); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := unix.SchedSetaffinity(0, &was); err != nil {
-			t.Error(err)
+		if _, err := frags.BatchUpdate(keys, vals, nil); err != nil {
+			t.Fatalf("fill fragment table: %v", err)
 		}
-	}()
-	keys := make([][fragKeySize]byte, n)
-	vals := make([][fragValueSize]byte, n) // zero verdicts
-	for i := range keys {
-		binary.LittleEndian.PutUint32(keys[i][32:], uint32(first+i)) // the IP ID
-		keys[i][0] = 0x20                                            // a source address
-	}
-	if _, err := frags.BatchUpdate(keys, vals, nil); err != nil {
-		t.Fatalf("fill fragment table: %v", err)
-	}
+	})
 }
 
 // TestCountEntries counts the LRU fragment table empty, part full and full,
