@@ -658,7 +658,8 @@ static __always_inline int frag_lookup(const struct packet *pkt, enum hook hook,
 }
 
 /* frag_record records a first fragment's verdict for the fragments that
- * follow, in the table, then in its cache slot (tag last). BPF_ANY: a later
+ * follow, in the table, then in its cache slot (the slot's tag covers its
+ * fields, in whatever order they are stored). BPF_ANY: a later
  * first fragment of the same datagram (a legitimate one after a spoofed one,
  * or a retransmission) overwrites the verdict, as it is what the kernel will
  * reassemble from. */

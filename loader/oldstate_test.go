@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -14,6 +15,31 @@ import (
 
 // The steps every fixture that rebuilds an older main's pinned state shares
 // (attachV1 before issue 14, attachV2 before port directions).
+
+// pinOldMaps makes the maps of spec that files names (map name -> pin
+// file), pins them under pin as an older release did, and returns them;
+// release closes them (the pins live on).
+func pinOldMaps(spec *ebpf.CollectionSpec, pin string, files map[string]string) (repl map[string]*ebpf.Map, release func(), err error) {
+	repl = map[string]*ebpf.Map{}
+	release = func() {
+		for _, m := range repl {
+			m.Close()
+		}
+	}
+	for name, file := range files {
+		m, err := ebpf.NewMap(spec.Maps[name])
+		if err != nil {
+			release()
+			return nil, nil, fmt.Errorf("create %s: %w", name, err)
+		}
+		repl[name] = m
+		if err := m.Pin(filepath.Join(pin, file)); err != nil {
+			release()
+			return nil, nil, fmt.Errorf("pin %s: %w", name, err)
+		}
+	}
+	return repl, release, nil
+}
 
 // pinOldAllowMeta pins the allow-list record those versions kept for allow.
 func pinOldAllowMeta(pin string, allow []netip.Prefix) error {

@@ -49,18 +49,11 @@ func attachV1(t *testing.T, ns *nstest.NS, pin, ifname string, allow []netip.Pre
 		if err := os.MkdirAll(pin, 0o700); err != nil {
 			return err
 		}
-		repl := map[string]*ebpf.Map{}
-		for name, file := range map[string]string{"xdpguard_config": pinConfig, "xdpguard_allow4": pinAllow4, "xdpguard_allow6": pinAllow6, "xdpguard_frags": pinFragsOld} {
-			m, err := ebpf.NewMap(spec.Maps[name])
-			if err != nil {
-				return err
-			}
-			defer m.Close()
-			if err := m.Pin(filepath.Join(pin, file)); err != nil {
-				return err
-			}
-			repl[name] = m
+		repl, release, err := pinOldMaps(spec, pin, map[string]string{"xdpguard_config": pinConfig, "xdpguard_allow4": pinAllow4, "xdpguard_allow6": pinAllow6, "xdpguard_frags": pinFragsOld})
+		if err != nil {
+			return err
 		}
+		defer release()
 		// Its default config (enforce, track, port 11211), lists on.
 		raw := make([]byte, spec.Maps["xdpguard_config"].ValueSize)
 		binary.NativeEndian.PutUint32(raw[8:], 1)

@@ -1,8 +1,9 @@
 package loader
 
 import (
+	"net/netip"
 	"os"
-	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,11 +20,11 @@ import (
 const preCacheObject = "testdata/v3/xdpguard_bpfel.o"
 
 // attachV3 does what main before the fragment caches left pinned after
-// `xdpguard attach <ifname> --egress` with its defaults: every shared map it
-// pins (its config layout is this release's), and under
-// netns/<inode>/<ifindex>/ the counters and the links holding its programs,
-// built from its own object.
-func attachV3(t *testing.T, ns *nstest.NS, pin, ifname string) {
+// `xdpguard attach <ifname> --egress` and `allow load` of allow: every shared
+// map it pins (its config, allow-list and bitmap layouts are this
+// release's), the allow-list record, and under netns/<inode>/<ifindex>/ the
+// counters and the links holding its programs, built from its own object.
+func attachV3(t *testing.T, ns *nstest.NS, pin, ifname string, allow []netip.Prefix) {
 	t.Helper()
 	spec, err := ebpf.LoadCollectionSpec(preCacheObject)
 	if err != nil {
@@ -42,32 +43,29 @@ func attachV3(t *testing.T, ns *nstest.NS, pin, ifname string) {
 		if err := os.MkdirAll(pin, 0o700); err != nil {
 			return err
 		}
-		repl := map[string]*ebpf.Map{}
-		for name, file := range map[string]string{
+		repl, release, err := pinOldMaps(spec, pin, map[string]string{
 			"xdpguard_config": pinConfig, "xdpguard_allow4": pinAllow4, "xdpguard_allow6": pinAllow6,
 			"xdpguard_blk4": pinAllow4Blk, "xdpguard_blk6": pinAllow6Blk,
 			"xdpguard_frags4": pinFrags4, "xdpguard_frags6": pinFrags6,
 			"xdpguard_req4": pinReq4, "xdpguard_req6": pinReq6, "xdpguard_expiry": pinExpiry,
 			"xdpguard_ring": pinSamples, "xdpguard_srate": pinSampleRate, "xdpguard_tokens": pinSampleBudget,
-		} {
-			m, err := ebpf.NewMap(spec.Maps[name])
-			if err != nil {
-				return err
-			}
-			defer m.Close()
-			if err := m.Pin(filepath.Join(pin, file)); err != nil {
-				return err
-			}
-			repl[name] = m
+		})
+		if err != nil {
+			return err
 		}
-		old := &Maps{Config: repl["xdpguard_config"]}
+		defer release()
+		old := &Maps{Config: repl["xdpguard_config"], Allow4: repl["xdpguard_allow4"], Allow6: repl["xdpguard_allow6"],
+			Allow4Blocks: repl["xdpguard_blk4"], Allow6Blocks: repl["xdpguard_blk6"]}
 		if err := old.WriteConfig(DefaultConfig()); err != nil {
+			return err
+		}
+		if err := old.AllowAdd(allow); err != nil {
 			return err
 		}
 		if err := repl["xdpguard_srate"].Put(uint32(0), uint32(DefaultSampleRate)); err != nil {
 			return err
 		}
-		if err := pinOldAllowMeta(pin, nil); err != nil {
+		if err := pinOldAllowMeta(pin, allow); err != nil {
 			return err
 		}
 		netns, err := CurrentNetns()
@@ -94,12 +92,15 @@ func attachV3(t *testing.T, ns *nstest.NS, pin, ifname string) {
 // fragment caches upgrades by attach while later fragments of reflected
 // answers keep coming, their first fragments dropped by the old programs
 // (recorded in the tables alone), and whole new datagrams too, each judged
-// by whichever programs are in. Every later fragment is dropped as its first
-// was, none passes as an orphan; the caches are pinned, and the programs
-// swapped in use them.
+// by whichever programs are in, and requests from a peer on its allow list.
+// Every later fragment is dropped as its first was, none passes as an
+// orphan, every listed request passes; the allow list is kept, the caches
+// are pinned, and the programs swapped in use them.
 func TestUpgradeToFragmentCachesUnderFlood(t *testing.T) {
 	r := newRig(t)
-	attachV3(t, r.host, r.pin, rigHostIf)
+	listed := netip.MustParseAddr("203.0.113.9")
+	allow := upgradeAllowList(listed)
+	attachV3(t, r.host, r.pin, rigHostIf, allow)
 	oldProg := r.xdpProgID(t)
 
 	answer := func(id uint32) (first, middle, last []byte) {
@@ -115,7 +116,8 @@ func TestUpgradeToFragmentCachesUnderFlood(t *testing.T) {
 	}
 	r.expectCounters(t, "xdp", map[string]uint64{"drop_response": early})
 
-	var firsts, rest atomic.Uint64
+	good := request(t, listed)
+	var firsts, rest, goods atomic.Uint64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -131,6 +133,9 @@ func TestUpgradeToFragmentCachesUnderFlood(t *testing.T) {
 			// one in order.
 			if r.inj.Send(later[i%uint32(len(later))]) == nil {
 				rest.Add(1)
+			}
+			if r.inj.Send(good) == nil {
+				goods.Add(1)
 			}
 			f1, f2, f3 := answer(0x8000 + i%0x7000)
 			if r.inj.Send(f1) != nil {
@@ -163,25 +168,18 @@ func TestUpgradeToFragmentCachesUnderFlood(t *testing.T) {
 	r.expectCounters(t, "xdp", map[string]uint64{
 		"drop_response": early + firsts.Load(),
 		"drop_fragment": rest.Load(),
+		"allowlisted":   goods.Load(),
+	})
+	r.do(t, func(g *Guard) error {
+		ps, err := g.AllowList()
+		if err == nil && !slices.Equal(ps, sortedSet(slices.Clone(allow))) {
+			t.Errorf("allow list after the upgrade: %d prefixes, want the %d given", len(ps), len(allow))
+		}
+		return err
 	})
 
-	cacheID := pinnedID(t, r, pinFragCache4)
-	prog, err := ebpf.NewProgramFromID(ebpf.ProgramID(r.xdpProgID(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prog.Close()
-	info, err := prog.Info()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids, _ := info.MapIDs()
-	uses := false
-	for _, id := range ids {
-		uses = uses || id == cacheID
-	}
-	if !uses {
-		t.Errorf("attached program uses maps %v, not the pinned IPv4 fragment cache %d", ids, cacheID)
+	if cacheID, uses := pinnedID(t, r, pinFragCache4), r.xdpMapIDs(t); !uses[cacheID] {
+		t.Errorf("attached program uses maps %v, not the pinned IPv4 fragment cache %d", uses, cacheID)
 	}
 	t.Logf("upgraded under a flood of %d later fragments and %d new datagrams: every later fragment dropped", rest.Load(), firsts.Load())
 }

@@ -45,23 +45,16 @@ func attachV2(t *testing.T, ns *nstest.NS, pin, ifname string, ports []uint16, a
 		if err := os.MkdirAll(pin, 0o700); err != nil {
 			return err
 		}
-		repl := map[string]*ebpf.Map{}
-		for name, file := range map[string]string{
+		repl, release, err := pinOldMaps(spec, pin, map[string]string{
 			"xdpguard_config": pinConfig, "xdpguard_allow4": pinAllow4, "xdpguard_allow6": pinAllow6,
 			"xdpguard_blk4": pinAllow4Blk, "xdpguard_blk6": pinAllow6Blk,
 			"xdpguard_frags4": pinFrags4, "xdpguard_frags6": pinFrags6,
 			"xdpguard_ring": pinSamples, "xdpguard_srate": pinSampleRate, "xdpguard_tokens": pinSampleBudget,
-		} {
-			m, err := ebpf.NewMap(spec.Maps[name])
-			if err != nil {
-				return err
-			}
-			defer m.Close()
-			if err := m.Pin(filepath.Join(pin, file)); err != nil {
-				return err
-			}
-			repl[name] = m
+		})
+		if err != nil {
+			return err
 		}
+		defer release()
 		old := &Maps{Allow4: repl["xdpguard_allow4"], Allow6: repl["xdpguard_allow6"],
 			Allow4Blocks: repl["xdpguard_blk4"], Allow6Blocks: repl["xdpguard_blk6"]}
 		k4, k6 := splitFamilies(allow)

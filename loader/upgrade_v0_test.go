@@ -47,18 +47,11 @@ func pinV0(t *testing.T, ns *nstest.NS, pin, ifname string, egress TCBackend) eb
 		if err := os.MkdirAll(pin, 0o700); err != nil {
 			return err
 		}
-		repl := map[string]*ebpf.Map{}
-		for name, file := range shared {
-			m, err := ebpf.NewMap(spec.Maps[name])
-			if err != nil {
-				return err
-			}
-			defer m.Close()
-			if err := m.Pin(filepath.Join(pin, file)); err != nil {
-				return err
-			}
-			repl[name] = m
+		repl, release, err := pinOldMaps(spec, pin, shared)
+		if err != nil {
+			return err
 		}
+		defer release()
 		// Its default config: enforce, track, 11211.
 		if err := editLegacyConfig(repl["xdpguard_config"], func(c *legacyConfig) {
 			c.Ports[DefaultPort/64] |= 1 << (DefaultPort % 64)
@@ -269,7 +262,24 @@ func testUpgradeFromV0FragmentTable(t *testing.T, backend TCBackend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	newFrags := pinnedID(t, r, pinFrags4)
+	newFrags, uses := pinnedID(t, r, pinFrags4), r.xdpMapIDs(t)
+	if !uses[newFrags] || uses[oldFrags] {
+		t.Fatalf("attached program uses maps %v: want the new IPv4 fragment table %d, not the old %d", uses, newFrags, oldFrags)
+	}
+	// Fragments go through the new table: the first dropped, the rest follow.
+	f1, f2, f3 := frags(bigResp(attacker, hostAddr, 40000, testpkt.MemcachedPort, 0x0bad))
+	for _, f := range [][]byte{f1, f2, f3} {
+		copy(f[0:6], attack[0:6]) // the host's MAC, as the oracle addressed attack
+	}
+	r.send(t, f1, f2, f3)
+	r.expectCounters(t, "xdp", map[string]uint64{"drop_request": n + 2, "drop_fragment": 2})
+	t.Logf("upgraded from the previous release's fragment table under a flood of %d requests: none delivered", n)
+}
+
+// xdpMapIDs are the maps the XDP program attached to the rig's interface
+// uses.
+func (r *rig) xdpMapIDs(t *testing.T) map[ebpf.MapID]bool {
+	t.Helper()
 	prog, err := ebpf.NewProgramFromID(ebpf.ProgramID(r.xdpProgID(t)))
 	if err != nil {
 		t.Fatal(err)
@@ -280,21 +290,11 @@ func testUpgradeFromV0FragmentTable(t *testing.T, backend TCBackend) {
 		t.Fatal(err)
 	}
 	ids, _ := info.MapIDs()
-	uses := map[ebpf.MapID]bool{}
+	out := map[ebpf.MapID]bool{}
 	for _, id := range ids {
-		uses[id] = true
+		out[id] = true
 	}
-	if !uses[newFrags] || uses[oldFrags] {
-		t.Fatalf("attached program uses maps %v: want the new IPv4 fragment table %d, not the old %d", ids, newFrags, oldFrags)
-	}
-	// Fragments go through the new table: the first dropped, the rest follow.
-	f1, f2, f3 := frags(bigResp(attacker, hostAddr, 40000, testpkt.MemcachedPort, 0x0bad))
-	for _, f := range [][]byte{f1, f2, f3} {
-		copy(f[0:6], attack[0:6]) // the host's MAC, as the oracle addressed attack
-	}
-	r.send(t, f1, f2, f3)
-	r.expectCounters(t, "xdp", map[string]uint64{"drop_request": n + 2, "drop_fragment": 2})
-	t.Logf("upgraded from the previous release's fragment table under a flood of %d requests: none delivered", n)
+	return out
 }
 
 // pinnedID is the ID of the map pinned at name under the rig's pin path.
